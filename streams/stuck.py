@@ -1,0 +1,147 @@
+"""Stuck messages (SPEC §6): SLAs, deadlines, and an index of due deadlines.
+
+The clock is always passed in (``now_us``); nothing here reads the time.
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Iterator, Mapping
+
+from .errors import ConfigError
+from .kinds import CHANNELS, QUEUED, SENT, STAGES
+from .lifecycle import Summary
+from .timeparse import US_PER_S
+
+DEFAULT_SLA_S: dict[str, dict[str, int]] = {
+    "sms": {"queued": 120, "sent": 900},
+    "email": {"queued": 300, "sent": 3600},
+    "push": {"queued": 120, "sent": 900},
+    "telegram": {"queued": 120, "sent": 900},
+    "unknown": {"queued": 300, "sent": 3600},
+}
+STUCK_STAGES = ("queued", "sent")
+
+
+class SlaTable:
+    """SLA seconds per (channel, stage), with per-tenant overrides merged over the defaults."""
+
+    __slots__ = ("_default", "_tenant")
+
+    def __init__(self, default: Mapping[str, Mapping[str, int]] | None = None,
+                 tenant: Mapping[str, Mapping[str, Mapping[str, int]]] | None = None):
+        base = {ch: dict(st) for ch, st in DEFAULT_SLA_S.items()}
+        for ch, stages in (default or {}).items():
+            base.setdefault(ch, {}).update(stages)
+        self._default = self._checked(base)
+        self._tenant: dict[str, dict[str, dict[str, int]]] = {}
+        for t, chans in (tenant or {}).items():
+            merged = {ch: dict(st) for ch, st in self._default.items()}
+            for ch, stages in chans.items():
+                merged.setdefault(ch, {}).update(stages)
+            self._tenant[t] = self._checked(merged)
+
+    @staticmethod
+    def _checked(table: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        for ch, stages in table.items():
+            if ch not in CHANNELS:
+                raise ConfigError(f"unknown channel in SLA table: {ch!r}")
+            for st, secs in stages.items():
+                if st not in STUCK_STAGES:
+                    raise ConfigError(f"SLA stage must be queued or sent, got {st!r}")
+                if not isinstance(secs, (int, float)) or secs <= 0:
+                    raise ConfigError(f"SLA for {ch}/{st} must be a positive number of seconds")
+        return table
+
+    def sla_s(self, tenant: str, channel: str, stage: str) -> float:
+        table = self._tenant.get(tenant, self._default)
+        return table[channel][stage]
+
+
+@dataclass(slots=True, frozen=True)
+class Deadline:
+    stage: str  # "queued" or "sent"
+    since_us: int  # stage_reached_at
+    deadline_us: int
+    sla_s: float
+
+
+def deadline(summary: Summary, tenant: str, slas: SlaTable) -> Deadline | None:
+    """The message's pending deadline: highest stage queued/sent and no outcome; else None."""
+    if summary.failure_seen or not summary.reached:
+        return None
+    highest = summary.highest
+    if highest not in (QUEUED, SENT):
+        return None
+    stage = STAGES[highest]
+    since = summary.reached[highest]
+    sla = slas.sla_s(tenant, summary.channel, stage)
+    return Deadline(stage, since, since + int(sla * US_PER_S), sla)
+
+
+def is_stuck(d: Deadline | None, now_us: int) -> bool:
+    return d is not None and now_us > d.deadline_us
+
+
+class DeadlineIndex:
+    """Pending deadlines of many messages; finds the due ones without scanning all of them.
+
+    A min-heap of ``(deadline_us, key, stage)`` with lazy deletion: rescheduling or
+    cancelling a key only updates ``_live``; stale heap entries are skipped when popped.
+    ``pop_due`` costs O(d log n) for d due entries (plus skipped stale ones), independent of
+    how many messages are in flight. Stale entries are compacted when they outnumber live ones.
+    """
+
+    __slots__ = ("_heap", "_live")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, str, str]] = []
+        self._live: dict[str, tuple[int, str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._live
+
+    def get(self, key: str) -> tuple[int, str] | None:
+        return self._live.get(key)
+
+    def schedule(self, key: str, deadline_us: int, stage: str) -> None:
+        cur = self._live.get(key)
+        if cur == (deadline_us, stage):
+            return
+        self._live[key] = (deadline_us, stage)
+        heapq.heappush(self._heap, (deadline_us, key, stage))
+        if len(self._heap) > 2 * len(self._live) + 1024:
+            self._compact()
+
+    def cancel(self, key: str) -> None:
+        self._live.pop(key, None)
+
+    def next_deadline_us(self) -> int | None:
+        while self._heap:
+            d, key, stage = self._heap[0]
+            if self._live.get(key) == (d, stage):
+                return d
+            heapq.heappop(self._heap)
+        return None
+
+    def pop_due(self, now_us: int, limit: int | None = None) -> list[tuple[str, str, int]]:
+        """Remove and return ``(key, stage, deadline_us)`` with ``deadline_us < now_us``, earliest first."""
+        out: list[tuple[str, str, int]] = []
+        heap, live = self._heap, self._live
+        while heap and heap[0][0] < now_us and (limit is None or len(out) < limit):
+            d, key, stage = heapq.heappop(heap)
+            if live.get(key) == (d, stage):
+                del live[key]
+                out.append((key, stage, d))
+        return out
+
+    def items(self) -> Iterator[tuple[str, int, str]]:
+        for key, (d, stage) in self._live.items():
+            yield key, d, stage
+
+    def _compact(self) -> None:
+        self._heap = [(d, k, s) for k, (d, s) in self._live.items()]
+        heapq.heapify(self._heap)
