@@ -1,0 +1,407 @@
+"""Runtime configuration for funnelwatch (environment-driven, immutable).
+
+Every setting can be given as an environment variable with the ``FUNNELWATCH_`` prefix,
+e.g. ``FUNNELWATCH_BROKER_URL=kafka://k1:9092,kafka://k2:9092`` or
+``FUNNELWATCH_WINDOW_S=600``.  Units are part of the field names (``_s`` = seconds).
+
+Dict settings take JSON::
+
+    FUNNELWATCH_SLA_S='{"sms": {"queued": 60}}'
+    FUNNELWATCH_TENANT_SLA_S='{"acme": {"email": {"sent": 7200}}}'
+
+or the nested form ``FUNNELWATCH_SLA_S__SMS__QUEUED=60`` (note: environment variable
+*names* are case-insensitive, so nested-form keys arrive lower-cased; use the JSON form
+for case-sensitive tenant ids).  ``sla_s`` overrides are merged per channel and stage
+onto the SPEC §6 defaults, so only the values that change need to be given.
+
+This module must stay importable without faust (the CLI and fast tests import it);
+faust is only imported lazily inside :meth:`Settings.faust_broker_credentials`.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from functools import lru_cache
+from typing import Any, Literal, Mapping
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "CHANNELS",
+    "DEFAULT_SLA_S",
+    "MASK",
+    "SLA_STAGES",
+    "Settings",
+    "get_settings",
+]
+
+#: How secrets are shown by :meth:`Settings.redacted_dict` (same as pydantic's SecretStr).
+MASK = "**********"
+
+#: Channels known to the pipeline (SPEC §3); ``unknown`` until an outbound event is seen.
+CHANNELS: tuple[str, ...] = ("sms", "email", "push", "telegram", "unknown")
+
+#: Stages that can be stuck (SPEC §6): ``queued`` (queued → sent) and ``sent`` (sent → delivered).
+SLA_STAGES: tuple[str, ...] = ("queued", "sent")
+
+#: SPEC §6 default SLAs in seconds, channel → stage → seconds.
+DEFAULT_SLA_S: dict[str, dict[str, int]] = {
+    "sms": {"queued": 120, "sent": 900},
+    "email": {"queued": 300, "sent": 3600},
+    "push": {"queued": 120, "sent": 900},
+    "telegram": {"queued": 120, "sent": 900},
+    "unknown": {"queued": 300, "sent": 3600},
+}
+
+_BROKER_SCHEMES = ("kafka", "aiokafka")
+_DEFAULT_KAFKA_PORT = 9092
+_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET")
+_DEFAULT_HMAC_KEY = "change-me-in-production"
+
+
+def _decode_json(value: Any, field: str) -> Any:
+    """Accept a JSON string for dict fields (env sources already decode JSON)."""
+    if isinstance(value, (str, bytes)):
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"{field} must be a JSON object: {exc}") from None
+    return value
+
+
+def _check_channel_stages(value: Any, where: str) -> dict[str, dict[str, Any]]:
+    """Validate the shape ``{channel: {stage: seconds}}``; keys must be known."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where} must be an object of channel -> {{stage: seconds}}")
+    out: dict[str, dict[str, Any]] = {}
+    for channel, stages in value.items():
+        channel = str(channel).strip().lower()
+        if channel not in CHANNELS:
+            raise ValueError(
+                f"{where}: unknown channel {channel!r} (expected one of {', '.join(CHANNELS)})"
+            )
+        if not isinstance(stages, Mapping):
+            raise ValueError(f"{where}[{channel!r}] must be an object of stage -> seconds")
+        checked: dict[str, Any] = {}
+        for stage, seconds in stages.items():
+            stage = str(stage).strip().lower()
+            if stage not in SLA_STAGES:
+                raise ValueError(
+                    f"{where}[{channel!r}]: unknown stage {stage!r} "
+                    f"(expected one of {', '.join(SLA_STAGES)})"
+                )
+            checked[stage] = seconds
+        out.setdefault(channel, {}).update(checked)
+    return out
+
+
+class Settings(BaseSettings):
+    """All funnelwatch settings.  Immutable: build a new instance to change anything.
+
+    ``Settings(**overrides)`` reads the environment and applies ``overrides`` on top;
+    :meth:`isolated` ignores the environment (for hermetic tests).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="FUNNELWATCH_",
+        frozen=True,
+        env_nested_delimiter="__",
+        extra="ignore",
+        # Validation errors must never echo inputs: they may hold passwords/tokens.
+        hide_input_in_errors=True,
+    )
+
+    # -- app / broker -----------------------------------------------------------------
+    app_id: str = Field("funnelwatch", min_length=1)
+    #: One or more broker URLs, separated by ``,`` or ``;``.  Entries without a scheme
+    #: take the first scheme given (default ``kafka://``), as faust does.
+    broker_url: str = "kafka://127.0.0.1:19092"
+
+    broker_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    broker_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    broker_sasl_username: str | None = None
+    broker_sasl_password: SecretStr | None = None
+    #: CA bundle for SSL / SASL_SSL; ``None`` = the system trust store.
+    broker_ssl_cafile: str | None = None
+
+    # -- topics -------------------------------------------------------------------------
+    topic_activity_sync: str = Field("activity-sync-events", min_length=1)
+    topic_altcraft: str = Field("altcraft-action-hooks", min_length=1)
+    topic_alerts: str = Field("message-alerts", min_length=1)
+    topic_funnel_windows: str = Field("funnel-windows", min_length=1)
+    topic_dead_letters: str = Field("dead-letters", min_length=1)
+    topic_partitions: int = Field(4, ge=1)
+    topic_replication_factor: int = Field(1, ge=1)
+
+    # -- state ----------------------------------------------------------------------------
+    #: faust table store URL: ``rocksdict://`` in production, ``memory://`` in tests.
+    store: str = "rocksdict://"
+    data_dir: str = ".run/worker"
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+
+    # -- domain (SPEC §5, §6, §7) -----------------------------------------------------------
+    window_s: int = Field(3600, gt=0)
+    window_retention_s: int = Field(7 * 86400, gt=0)
+    message_retention_s: int = Field(7 * 86400, gt=0)
+    max_event_bytes: int = Field(1048576, gt=0)
+    publish_interval_s: float = Field(10.0, gt=0)
+    alert_max_lag: int = Field(1000, ge=0)
+    alert_tick_s: float = Field(1.0, gt=0)
+    max_tenants_label: int = Field(50, ge=0)
+
+    # -- SLAs (SPEC §6) -------------------------------------------------------------------
+    #: channel -> stage (``queued``/``sent``) -> seconds; overrides merge onto the defaults.
+    sla_s: dict[str, dict[str, int]] = Field(default_factory=lambda: json.loads(json.dumps(DEFAULT_SLA_S)))
+    #: tenant -> channel -> stage -> seconds; sparse, falls back to :attr:`sla_s`.
+    tenant_sla_s: dict[str, dict[str, dict[str, int]]] = Field(default_factory=dict)
+
+    # -- web ------------------------------------------------------------------------------
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=0, le=65535)
+    #: Bearer token required by every web view except health checks (``None`` = open).
+    web_token: SecretStr | None = None
+    web_enable_faust_views: bool = False
+    ingest_token: SecretStr | None = None
+
+    # -- PII (SPEC §8) --------------------------------------------------------------------
+    #: Secret for keyed HMAC-SHA256 pseudonyms.  Change it in production.
+    hmac_key: SecretStr = SecretStr(_DEFAULT_HMAC_KEY)
+
+    # -- observability ------------------------------------------------------------------
+    #: Also register faust's own Prometheus sensor (off by default; SPEC §10 metrics are ours).
+    faust_prometheus_sensor: bool = False
+    log_level: str = "INFO"
+
+    # ------------------------------------------------------------------------ validators
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str) -> str:
+        urls = _split_broker_urls(value)  # raises ValueError on bad input
+        return ",".join(urls)
+
+    @field_validator("broker_sasl_mechanism", mode="before")
+    @classmethod
+    def _blank_mechanism_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().upper().replace("_", "-")
+            return value or None
+        return value
+
+    @field_validator("broker_security_protocol", mode="before")
+    @classmethod
+    def _upper_protocol(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("sla_s", mode="before")
+    @classmethod
+    def _merge_sla_defaults(cls, value: Any) -> dict[str, dict[str, Any]]:
+        value = _decode_json(value, "sla_s")
+        if value is None:
+            value = {}
+        overrides = _check_channel_stages(value, "sla_s")
+        merged: dict[str, dict[str, Any]] = {ch: dict(st) for ch, st in DEFAULT_SLA_S.items()}
+        for channel, stages in overrides.items():
+            merged[channel].update(stages)
+        return merged
+
+    @field_validator("tenant_sla_s", mode="before")
+    @classmethod
+    def _check_tenant_sla(cls, value: Any) -> dict[str, dict[str, dict[str, Any]]]:
+        value = _decode_json(value, "tenant_sla_s")
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ValueError("tenant_sla_s must be an object of tenant -> channel -> stage -> seconds")
+        return {
+            str(tenant): _check_channel_stages(channels, f"tenant_sla_s[{tenant!r}]")
+            for tenant, channels in value.items()
+        }
+
+    @field_validator("sla_s", "tenant_sla_s", mode="after")
+    @classmethod
+    def _positive_slas(cls, value: dict[str, Any]) -> dict[str, Any]:
+        def walk(node: Any, path: str) -> None:
+            if isinstance(node, dict):
+                for key, child in node.items():
+                    walk(child, f"{path}.{key}")
+            elif node <= 0:
+                raise ValueError(f"SLA {path.lstrip('.')} must be > 0 seconds, got {node}")
+
+        walk(value, "")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _check_log_level(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().upper()
+            if value not in _LOG_LEVELS:
+                raise ValueError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        if self.broker_security_protocol.startswith("SASL_"):
+            missing = [
+                name
+                for name, val in (
+                    ("broker_sasl_mechanism", self.broker_sasl_mechanism),
+                    ("broker_sasl_username", self.broker_sasl_username),
+                    ("broker_sasl_password", self.broker_sasl_password),
+                )
+                if val is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"broker_security_protocol={self.broker_security_protocol} needs "
+                    + ", ".join(missing)
+                )
+        return self
+
+    # ----------------------------------------------------------------------- constructors
+    @classmethod
+    def isolated(cls, **overrides: Any) -> Settings:
+        """Build settings from defaults + ``overrides`` only, ignoring the environment."""
+        return _IsolatedSettings(**overrides)
+
+    # ------------------------------------------------------------------------ broker
+    @property
+    def broker_urls(self) -> list[str]:
+        """Broker URLs with scheme, e.g. ``["kafka://k1:9092", "kafka://k2:9092"]``."""
+        return _split_broker_urls(self.broker_url)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``host:port[,host:port...]`` for raw aiokafka clients (no scheme)."""
+        return ",".join(_host_port(url) for url in self.broker_urls)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client TLS context for SSL / SASL_SSL (verifies the server), else ``None``."""
+        if self.broker_security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        return ssl.create_default_context(
+            purpose=ssl.Purpose.SERVER_AUTH, cafile=self.broker_ssl_cafile
+        )
+
+    def faust_broker_credentials(self) -> Any:
+        """Credentials for ``faust.App(broker_credentials=...)``; ``None`` for PLAINTEXT."""
+        protocol = self.broker_security_protocol
+        if protocol == "PLAINTEXT":
+            return None
+        import faust  # lazy: keep this module importable without faust
+
+        if protocol == "SSL":
+            return faust.SSLCredentials(self.ssl_context())
+        return faust.SASLCredentials(
+            username=self.broker_sasl_username,
+            password=_reveal(self.broker_sasl_password),
+            mechanism=self.broker_sasl_mechanism,
+            ssl_context=self.ssl_context(),  # None for SASL_PLAINTEXT
+        )
+
+    def aiokafka_security_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``AIOKafkaProducer/Consumer/AdminClient(...)``.
+
+        Only the keys relevant to the protocol are present (aiokafka defaults the rest).
+        The dict holds the clear-text SASL password: never log it.
+        """
+        protocol = self.broker_security_protocol
+        kwargs: dict[str, Any] = {"security_protocol": protocol}
+        if protocol in ("SSL", "SASL_SSL"):
+            kwargs["ssl_context"] = self.ssl_context()
+        if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+            kwargs["sasl_mechanism"] = self.broker_sasl_mechanism
+            kwargs["sasl_plain_username"] = self.broker_sasl_username
+            kwargs["sasl_plain_password"] = _reveal(self.broker_sasl_password)
+        return kwargs
+
+    # -------------------------------------------------------------------------- domain
+    def sla_seconds(self, channel: str, stage: str, tenant: str | None = None) -> int | None:
+        """SLA for a message stuck at ``stage`` (``queued``/``sent``); ``None`` otherwise.
+
+        Lookup order: tenant override for the channel, the channel default, then the
+        ``unknown`` channel (for a channel name not in :data:`CHANNELS`).
+        """
+        if stage not in SLA_STAGES:
+            return None
+        if tenant is not None:
+            per_tenant = self.tenant_sla_s.get(tenant)
+            if per_tenant:
+                seconds = per_tenant.get(channel, {}).get(stage)
+                if seconds is not None:
+                    return seconds
+        stages = self.sla_s.get(channel) or self.sla_s["unknown"]
+        return stages.get(stage, self.sla_s["unknown"][stage])
+
+    @property
+    def uses_default_hmac_key(self) -> bool:
+        """True while ``hmac_key`` is the shipped placeholder (warn about it at startup)."""
+        return self.hmac_key.get_secret_value() == _DEFAULT_HMAC_KEY
+
+    # -------------------------------------------------------------------------- display
+    def redacted_dict(self) -> dict[str, Any]:
+        """All settings as plain data, secrets shown as ``"**********"`` (``None`` stays ``None``)."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                out[name] = MASK
+            elif isinstance(value, dict):
+                out[name] = json.loads(json.dumps(value))  # deep copy
+            else:
+                out[name] = value
+        return out
+
+
+class _IsolatedSettings(Settings):
+    """:class:`Settings` that reads only init arguments (no env, no dotenv, no secrets dir)."""
+
+    model_config = SettingsConfigDict(title="Settings")
+
+    def __repr_name__(self) -> str:
+        return "Settings"
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):  # type: ignore[override]
+        return (init_settings,)
+
+
+def _reveal(secret: SecretStr | None) -> str | None:
+    return None if secret is None else secret.get_secret_value()
+
+
+def _split_broker_urls(value: str) -> list[str]:
+    parts = [p.strip() for p in value.replace(";", ",").split(",") if p.strip()]
+    if not parts:
+        raise ValueError("broker_url must name at least one broker")
+    default_scheme = next((p.split("://", 1)[0] for p in parts if "://" in p), "kafka")
+    urls: list[str] = []
+    for part in parts:
+        url = part if "://" in part else f"{default_scheme}://{part}"
+        scheme = url.split("://", 1)[0].lower()
+        if scheme not in _BROKER_SCHEMES:
+            raise ValueError(
+                f"broker_url scheme {scheme!r} not supported (use {' or '.join(_BROKER_SCHEMES)})"
+            )
+        if not _host_port(url).split(":")[0]:
+            raise ValueError(f"broker_url entry {part!r} has no host")
+        urls.append(url)
+    return urls
+
+
+def _host_port(url: str) -> str:
+    rest = url.split("://", 1)[-1]
+    rest = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    if rest.startswith("["):  # IPv6 literal
+        return rest if "]:" in rest else f"{rest}:{_DEFAULT_KAFKA_PORT}"
+    return rest if ":" in rest else f"{rest}:{_DEFAULT_KAFKA_PORT}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings from the environment (cached; ``get_settings.cache_clear()`` in tests)."""
+    return Settings()
