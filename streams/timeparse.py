@@ -10,7 +10,8 @@ from datetime import date, datetime, timedelta, timezone
 
 _RX = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?"
-    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))"
+    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))",
+    re.ASCII,  # RFC 3339 digits are ASCII: without it \d also matches e.g. Arabic-Indic digits
 )
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 # Keep a day of margin inside datetime's range so window flooring and formatting never overflow.
