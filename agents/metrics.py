@@ -52,7 +52,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 __all__ = [
     "LATENCY_BUCKETS_S",
@@ -381,13 +381,13 @@ class Metrics:
 def render(registry: CollectorRegistry, accept: str | None = None) -> tuple[bytes, str]:
     """Exposition body and its Content-Type.
 
-    Without ``accept`` this is the classic text format (``generate_latest``); pass the
-    request's ``Accept`` header to serve OpenMetrics to scrapers that ask for it.
+    Without ``accept`` (or for ``text/plain``) this is the classic Prometheus text format
+    from ``generate_latest`` served as ``text/plain; version=0.0.4`` (what every Prometheus
+    version parses); pass the request's ``Accept`` header to serve OpenMetrics to scrapers
+    that ask for it.  Content negotiation is prometheus_client's ``choose_encoder``.
     """
-    if accept:
-        encoder, content_type = choose_encoder(accept)
-        return encoder(registry), content_type
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type
 
 
 def sample_value(
