@@ -118,6 +118,21 @@ class TenantLabeler:
 
     __call__ = label
 
+    def admit(self, tenant: str) -> str:
+        """Like :meth:`label` (admits ``tenant`` if there is room) but never counts an
+        overflow: for collectors that re-render the same values on every scrape.
+
+        Use this, not :meth:`is_overflowing`, to pick a label value: ``is_overflowing``
+        admits nothing, so on its own it lets more than ``max_tenants`` tenants through.
+        """
+        admitted = self._admitted
+        if tenant in admitted:
+            return tenant
+        if len(admitted) < self.max_tenants:
+            admitted.add(tenant)
+            return tenant
+        return OTHER
+
     def is_overflowing(self, tenant: str) -> bool:
         """True if ``tenant`` would be (or is) reported as ``other``; admits nothing."""
         return tenant not in self._admitted and len(self._admitted) >= self.max_tenants

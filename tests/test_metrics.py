@@ -246,6 +246,19 @@ def test_labeler_standalone():
         TenantLabeler(-1)
 
 
+def test_labeler_admit_respects_cap_without_counting_overflow(registry):
+    m = Metrics(registry, max_tenants_label=2)
+    assert [m.tenants.admit(t) for t in ("a", "b", "c", "a")] == ["a", "b", OTHER, "a"]
+    assert m.tenants.admitted == {"a", "b"}
+    assert sample(registry, "funnel_label_overflow_total", metric="") is None
+    assert not any(
+        s.name == "funnel_label_overflow_total" for f in registry.collect() for s in f.samples
+    )
+    # the cap is shared with the metric methods
+    m.stage_reached("altcraft", "c", "email", "sent")
+    assert tenant_values(registry, "funnel_stage_reached") == {OTHER}
+
+
 def test_stuck_gauge_other_is_sum_of_overflowing_tenants(registry):
     m = Metrics(registry, max_tenants_label=1)
     m.stuck_set("a", "sms", "queued", 5)
