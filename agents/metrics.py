@@ -155,6 +155,7 @@ class Metrics:
         max_tenants_label: int = 50,
         *,
         version: str | None = None,
+        funnel_collector: Any = None,
     ) -> None:
         self.registry = registry
         r = registry
@@ -175,15 +176,21 @@ class Metrics:
             "funnel_duplicates", "Events identical to an already applied event (no effect).",
             ("source",), registry=r,
         )
-        self.stage_reached_total = Counter(
-            "funnel_stage_reached",
-            "Messages reaching a stage (implied stages included), first observed by this worker.",
-            ("source", "tenant", "channel", "stage"), registry=r,
-        )
-        self.engagement_total = Counter(
-            "funnel_engagement", "Total opens/clicks (type=open|click), not unique per message.",
-            ("source", "tenant", "channel", "type"), registry=r,
-        )
+        # The live pipeline derives these two from its funnel share (exact, order-independent):
+        # it passes a collector that exposes them instead of plain counters.
+        if funnel_collector is not None:
+            r.register(funnel_collector)
+            self.stage_reached_total = self.engagement_total = None
+        else:
+            self.stage_reached_total = Counter(
+                "funnel_stage_reached",
+                "Messages reaching a stage (implied stages included), first observed by this worker.",
+                ("source", "tenant", "channel", "stage"), registry=r,
+            )
+            self.engagement_total = Counter(
+                "funnel_engagement", "Total opens/clicks (type=open|click), not unique per message.",
+                ("source", "tenant", "channel", "type"), registry=r,
+            )
         self.stage_latency_seconds = Histogram(
             "funnel_stage_latency_seconds", "Time between a message's stages (event timestamps).",
             ("channel", "from_stage", "to_stage"), buckets=LATENCY_BUCKETS_S, registry=r,

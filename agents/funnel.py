@@ -1,0 +1,159 @@
+"""The worker's share of the funnel, derived from its lifecycle table (no faust import).
+
+Design: the lifecycle table (message key → set of applied events) is the only persisted
+state; it is idempotent (a redelivered event is a duplicate). The funnel rows this worker
+holds are a pure function of the table's active partitions: updated incrementally with the
+deltas the domain core returns, and rebuilt from the table after every rebalance or
+restart. So at-least-once redelivery, crashes and partition moves can never double-count
+or lose a message: the rows always equal Σ contribution(message) over the owned messages.
+``/funnel`` merges the shares of all workers (scatter-gather).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from streams.kinds import STAGES
+from streams.lifecycle import N_FIELDS, VECTOR_FIELDS, Delta, Summary
+from streams.report import window_rows
+
+# Internal row key carries the source too (metrics are labelled by source; /funnel sums it out).
+SRow = tuple[int, str, str, str]  # (window_start_us, source, tenant, channel)
+
+
+class FunnelShare:
+    """Funnel rows contributed by the messages this worker owns."""
+
+    __slots__ = ("rows", "dirty")
+
+    def __init__(self) -> None:
+        self.rows: dict[SRow, list[int]] = {}
+        self.dirty: set[tuple[int, str, str]] = set()
+
+    def clear(self) -> None:
+        for (w, _src, tenant, ch) in self.rows:
+            self.dirty.add((w, tenant, ch))
+        self.rows.clear()
+
+    def apply(self, source: str, delta: Delta) -> None:
+        rows = self.rows
+        for (w, tenant, ch), vec in delta:
+            k = (w, source, tenant, ch)
+            acc = rows.get(k)
+            if acc is None:
+                acc = rows[k] = [0] * N_FIELDS
+            for i, x in enumerate(vec):
+                if x:
+                    acc[i] += x
+            if acc[0] == 0 and not any(acc):
+                del rows[k]
+            self.dirty.add((w, tenant, ch))
+
+    def add_summary(self, tenant: str, s: Summary, window_us: int) -> None:
+        self.apply(s.source, [((s.window_start_us(window_us), tenant, s.channel), s.vector())])
+
+    def windows(self, *, tenant: str | None = None, channel: str | None = None,
+                from_us: int | None = None, to_us: int | None = None) -> dict[tuple[int, str, str], list[int]]:
+        out: dict[tuple[int, str, str], list[int]] = {}
+        for (w, _src, t, ch), vec in self.rows.items():
+            if tenant is not None and t != tenant or channel is not None and ch != channel:
+                continue
+            if from_us is not None and w < from_us or to_us is not None and w >= to_us:
+                continue
+            acc = out.get((w, t, ch))
+            if acc is None:
+                out[(w, t, ch)] = list(vec)
+            else:
+                for i, x in enumerate(vec):
+                    acc[i] += x
+        return out
+
+    def totals_by_label(self) -> dict[tuple[str, str, str], list[int]]:
+        """Σ over windows per (source, tenant, channel): what the stage counters expose."""
+        out: dict[tuple[str, str, str], list[int]] = {}
+        for (_w, src, t, ch), vec in self.rows.items():
+            acc = out.get((src, t, ch))
+            if acc is None:
+                out[(src, t, ch)] = list(vec)
+            else:
+                for i, x in enumerate(vec):
+                    acc[i] += x
+        return out
+
+
+def merge_windows(parts: Iterable[dict]) -> dict[tuple[int, str, str], list[int]]:
+    out: dict[tuple[int, str, str], list[int]] = {}
+    for part in parts:
+        for k, vec in part.items():
+            acc = out.get(k)
+            if acc is None:
+                out[k] = list(vec)
+            else:
+                for i, x in enumerate(vec):
+                    acc[i] += x
+    return out
+
+
+def rows_json(windows: dict[tuple[int, str, str], list[int]]) -> list[dict]:
+    return window_rows(windows)
+
+
+_STAGE_IDX = [(s, 1 + i) for i, s in enumerate(STAGES)] + [("failed", VECTOR_FIELDS.index("failed"))]
+_OPENS = VECTOR_FIELDS.index("opens_total")
+_CLICKS = VECTOR_FIELDS.index("clicks_total")
+
+
+class FunnelCollector(Collector):
+    """Exposes ``funnel_stage_reached_total`` and ``funnel_engagement_total`` from the share.
+
+    Values are exact message counts of the owned messages (unique per message, implied
+    stages included), so across workers ``sum by (…)`` equals the replay report. Rows that
+    leave the share because messages expired are kept in ``retired`` so the counters do not
+    go down at expiry; only a move of a message to another channel label lowers the old
+    label's series (rare: an out-of-order outbound event).
+    """
+
+    def __init__(self, share: FunnelShare, tenant_label) -> None:
+        self.share = share
+        self.tenant_label = tenant_label  # callable: tenant -> bounded label
+        self.retired: dict[tuple[str, str, str], list[int]] = {}
+
+    def retire(self, source: str, tenant: str, channel: str, vec: Iterable[int]) -> None:
+        acc = self.retired.setdefault((source, tenant, channel), [0] * N_FIELDS)
+        for i, x in enumerate(vec):
+            acc[i] += x
+
+    def describe(self) -> Iterator:
+        yield CounterMetricFamily("funnel_stage_reached", "Messages reaching a stage (unique, implied stages "
+                                  "included).", labels=("source", "tenant", "channel", "stage"))
+        yield CounterMetricFamily("funnel_engagement", "Total opens/clicks.",
+                                  labels=("source", "tenant", "channel", "type"))
+
+    def collect(self) -> Iterator:
+        totals = self.share.totals_by_label()
+        for k, vec in self.retired.items():
+            acc = totals.setdefault(k, [0] * N_FIELDS)
+            for i, x in enumerate(vec):
+                acc[i] += x
+        labelled: dict[tuple[str, str, str], list[int]] = {}
+        for (src, tenant, ch), vec in totals.items():
+            k = (src, self.tenant_label(tenant), ch)
+            acc = labelled.get(k)
+            if acc is None:
+                labelled[k] = list(vec)
+            else:
+                for i, x in enumerate(vec):
+                    acc[i] += x
+        stage = CounterMetricFamily("funnel_stage_reached", "Messages reaching a stage (unique, implied "
+                                    "stages included).", labels=("source", "tenant", "channel", "stage"))
+        eng = CounterMetricFamily("funnel_engagement", "Total opens/clicks.",
+                                  labels=("source", "tenant", "channel", "type"))
+        for (src, tenant, ch), vec in sorted(labelled.items()):
+            for name, i in _STAGE_IDX:
+                stage.add_metric((src, tenant, ch, name), vec[i])
+            eng.add_metric((src, tenant, ch, "open"), vec[_OPENS])
+            eng.add_metric((src, tenant, ch, "click"), vec[_CLICKS])
+        yield stage
+        yield eng

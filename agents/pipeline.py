@@ -1,0 +1,476 @@
+"""Faust wiring: topics, the lifecycle table, agents, timers and web views.
+
+Thin by design: every decision is made by ``streams/``; this module moves bytes between
+Kafka, the table and the domain core.
+
+Data flow::
+
+    activity-sync-events ─┐ ingest: normalize ─► dead-letters (rejected, original bytes)
+    altcraft-action-hooks ┘        │
+                                   ▼ canonical event, keyed by message key
+                   <app>-lifecycle-events (internal, N partitions)
+                                   │ lifecycle agent: table[key] = apply(state, event)
+                                   ▼
+          messages table (changelogged) ─► FunnelShare (derived) ─► /funnel, /metrics,
+                                                                     funnel-windows
+          deadline index ─► timer ─► stuck check (via the events topic) ─► message-alerts
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import faust
+import orjson
+from prometheus_client import CollectorRegistry
+
+from streams.events import CanonicalEvent, Ignored, NonLifecycle, Rejected, split_message_key
+from streams.kinds import KINDS, STAGE_RANK, STAGES, known_kind, metric_kind
+from streams.lifecycle import MessageState, Summary, apply, contribution_delta, summarize
+from streams.normalize import normalize
+from streams.stuck import DeadlineIndex, SlaTable, deadline
+from streams.timeparse import US_PER_S, format_ts_us, parse_ts_us
+
+from .funnel import FunnelCollector, FunnelShare, merge_windows, rows_json
+from .metrics import Metrics, render
+from .settings import Settings
+
+log = logging.getLogger("funnelwatch")
+
+OP_EVENT, OP_CHECK, OP_EXPIRE = 0, 1, 2
+_RESOLVED_SHIFT = 4  # alerted bits: 1<<rank = stuck alert sent; 1<<(rank+4) = resolved sent
+_LATENCY_PAIRS = ((0, 1), (1, 2), (2, 3), (2, 4))  # queued→sent, sent→delivered, delivered→opened/clicked
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Pipeline:
+    """One worker's faust app and the state derived from its table."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.s = settings
+        self.window_us = settings.window_s * US_PER_S
+        self.slas = SlaTable(settings.sla_s, settings.tenant_sla_s)
+        self.registry = registry or CollectorRegistry()
+        self.share = FunnelShare()
+        self.collector = FunnelCollector(
+            self.share, lambda t: "other" if self.metrics.tenants.is_overflowing(t) else t)
+        self.metrics = Metrics(self.registry, settings.max_tenants_label, funnel_collector=self.collector)
+        self.deadlines = DeadlineIndex()
+        self.expiry = DeadlineIndex()
+        self.stuck_open: dict[bytes, dict] = {}  # key -> open stuck alert (for /alerts and the gauge)
+        self.suppressed: set[tuple[bytes, str]] = set()
+        self.ready = False
+        self.inflight = 0
+        self.last_published: dict[tuple[int, str, str], list[int]] = {}
+        self.app = self._make_app()
+        self._wire()
+
+    # ------------------------------------------------------------------ app
+    def _make_app(self) -> faust.App:
+        s = self.s
+        app = faust.App(
+            s.app_id,
+            broker=s.broker_urls,
+            broker_credentials=s.faust_broker_credentials(),
+            store=s.store,
+            datadir=s.data_dir,
+            topic_partitions=s.topic_partitions,
+            topic_replication_factor=s.topic_replication_factor,
+            processing_guarantee=s.processing_guarantee,
+            table_standby_replicas=0,
+            web_host=s.web_host,
+            web_bind=s.web_host,
+            web_port=s.web_port,
+            canonical_url=f"http://{s.web_host}:{s.web_port}",
+            web_router_enabled=s.web_enable_faust_views,
+            web_tables_enabled=s.web_enable_faust_views,
+            web_stats_enabled=s.web_enable_faust_views,
+            web_graph_enabled=s.web_enable_faust_views,
+            broker_max_poll_records=2000,
+            stream_buffer_maxsize=8192,
+            consumer_auto_offset_reset="earliest",
+        )
+        self.t_as = app.topic(s.topic_activity_sync, key_type=bytes, value_type=bytes,
+                              key_serializer="raw", value_serializer="raw", allow_empty=True)
+        self.t_ac = app.topic(s.topic_altcraft, key_type=bytes, value_type=bytes,
+                              key_serializer="raw", value_serializer="raw", allow_empty=True)
+        self.t_events = app.topic(f"{s.app_id}-lifecycle-events", partitions=s.topic_partitions, internal=True,
+                                  key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+        self.t_alerts = app.topic(s.topic_alerts, key_serializer="raw", value_serializer="raw")
+        self.t_windows = app.topic(s.topic_funnel_windows, key_serializer="raw", value_serializer="raw")
+        self.t_dlq = app.topic(s.topic_dead_letters, key_serializer="raw", value_serializer="raw")
+        raw = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+        self.messages = app.Table("messages", default=None, partitions=s.topic_partitions, schema=raw,
+                                  help="message key -> lifecycle state (applied events, alert marks)")
+        return app
+
+    def _wire(self) -> None:
+        app = self.app
+        app.agent(self.t_as, name="ingest-activity-sync")(self._ingest_fn(self.t_as))
+        app.agent(self.t_ac, name="ingest-altcraft")(self._ingest_fn(self.t_ac))
+        app.agent(self.t_events, name="lifecycle")(self._lifecycle)
+        app.timer(self.s.alert_tick_s, name="deadlines")(self._tick)
+        app.timer(self.s.publish_interval_s, name="publish-windows")(self._publish_windows)
+        app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_rebalance_complete.connect(self._on_rebalance_complete)
+        self.page("/metrics", self._view_metrics)
+        self.page("/funnel", self._view_funnel)
+        self.page("/alerts", self._view_alerts)
+
+    def page(self, path: str, handler: Any) -> None:
+        """Register a bound handler ``(web, request)`` as a faust web view (GET)."""
+        async def view(web, request):
+            return await handler(web, request)
+
+        view.__name__ = handler.__name__.lstrip("_")
+        self.app.page(path, name=view.__name__)(view)
+
+    # ------------------------------------------------------------------ ingest
+    def _ingest_fn(self, topic: Any):
+        m = self.metrics
+        max_bytes = self.s.max_event_bytes
+        events_topic = self.t_events
+        dlq = self.t_dlq
+        name = topic.get_topic_name()
+
+        async def ingest(stream):
+            async for event in stream.events():
+                raw = event.value if event.value is not None else b""
+                out = normalize(raw, max_bytes)
+                if type(out) is CanonicalEvent:
+                    m.event(out.source, out.kind.name, True)
+                    await events_topic.send(key=out.key.encode(),
+                                            value=orjson.dumps([OP_EVENT, out.kind.code, out.ts_us]))
+                elif type(out) is Rejected:
+                    src = out.source or "unknown"
+                    if out.source is not None:
+                        m.event(src, metric_kind(src, out.kind), known_kind(src, out.kind))
+                    m.rejected(src, out.reason)
+                    msg = event.message
+                    await dlq.send(key=msg.key, value=raw, headers=[
+                        ("dlq.reason", out.reason.encode()),
+                        ("dlq.source.topic", name.encode()),
+                        ("dlq.source.partition", str(msg.partition).encode()),
+                        ("dlq.source.offset", str(msg.offset).encode()),
+                        ("dlq.error", out.error.encode()),
+                    ])
+                elif type(out) is NonLifecycle:
+                    m.event(out.source, metric_kind(out.source, out.kind), True)
+                    if out.alert is not None:
+                        alert = dict(out.alert)
+                        alert.pop("event_ts_us", None)
+                        alert["detected_at"] = format_ts_us(now_us())
+                        await self.t_alerts.send(key=f"campaign|{alert['tenant']}|{alert['campaign_id']}".encode(),
+                                                 value=orjson.dumps(alert))
+                        m.alert("campaign_error")
+                elif type(out) is Ignored:
+                    m.event(out.source, metric_kind(out.source, out.kind), True)
+                    m.ignored(out.source, out.reason)
+        ingest.__name__ = f"ingest_{name}"
+        return ingest
+
+    # ------------------------------------------------------------------ lifecycle
+    async def _lifecycle(self, stream):
+        async for event in stream.events():
+            key: bytes = event.key
+            op = orjson.loads(event.value)
+            if op[0] == OP_EVENT:
+                await self._on_event(key, op[1], op[2])
+            elif op[0] == OP_CHECK:
+                await self._on_check(key, op[1])
+            elif op[0] == OP_EXPIRE:
+                self._on_expire(key)
+
+    def _load(self, key: bytes) -> MessageState | None:
+        raw = self.messages.get(key)
+        return MessageState.from_bytes(raw) if raw else None
+
+    async def _on_event(self, key: bytes, code: int, ts_us: int) -> None:
+        source, tenant, mid = split_message_key(key.decode())
+        ev = CanonicalEvent(source, tenant, mid, KINDS[code], ts_us)
+        state = self._load(key)
+        now = now_us()
+        res = apply(state, ev, window_us=self.window_us, now_us=now)
+        m = self.metrics
+        if res.duplicate:
+            m.duplicate(source)
+            return
+        new = res.new
+        assert new is not None
+        if state is None:
+            self.inflight += 1
+            m.inflight_set(self.inflight)
+            m.tenants.label(tenant, "funnel_stage_reached_total")  # admit, or count the overflow once
+        self.share.apply(source, res.delta)
+        if res.out_of_order:
+            m.out_of_order()
+        if res.moved or ts_us < now - self.window_us:
+            m.late_event()
+        if res.new_conflict:
+            m.conflicting_outcome()
+        for a, b in _LATENCY_PAIRS:
+            if b in res.new_stages and a in new.reached and new.reached[b] >= new.reached[a]:
+                m.latency(new.channel, STAGES[a], STAGES[b], (new.reached[b] - new.reached[a]) / US_PER_S)
+        st = res.state
+        await self._maybe_resolve(key, tenant, mid, st, new, now)
+        self.messages[key] = st.to_bytes()
+        self._schedule(key, tenant, st, new)
+
+    def _schedule(self, key: bytes, tenant: str, st: MessageState, s: Summary) -> None:
+        d = deadline(s, tenant, self.slas)
+        k = key.decode()
+        if d is not None and not st.alerted & (1 << STAGE_RANK[d.stage]):
+            self.deadlines.schedule(k, d.deadline_us, d.stage)
+        else:
+            self.deadlines.cancel(k)
+        self.expiry.schedule(k, st.touched_us + self.s.message_retention_s * US_PER_S, "expire")
+
+    async def _maybe_resolve(self, key: bytes, tenant: str, mid: str, st: MessageState, s: Summary, now: int) -> None:
+        for rank in (0, 1):
+            if st.alerted & (1 << rank) and not st.alerted & (1 << (rank + _RESOLVED_SHIFT)):
+                if s.highest > rank or s.failure_seen:
+                    resolved_stage = "failed" if s.failed else STAGES[s.highest]
+                    opened = self.stuck_open.pop(key, None)
+                    if opened is not None:
+                        self.metrics.stuck_dec(tenant, opened["channel"], opened["stage"])
+                    at = s.failed_at if s.failed and s.failed_at is not None else s.reached.get(s.highest, now)
+                    since = s.reached.get(rank)
+                    alert = {"type": "resolved", "source": s.source, "tenant": tenant, "channel": s.channel,
+                             "message_id": mid, "stage": STAGES[rank],
+                             "since": format_ts_us(since) if since is not None else None,
+                             "resolved_stage": resolved_stage, "resolved_at": format_ts_us(at),
+                             "time_to_resolve_s": (at - since) / US_PER_S if since is not None else None,
+                             "detected_at": format_ts_us(now)}
+                    await self.t_alerts.send(key=key, value=orjson.dumps(alert))
+                    self.metrics.alert("resolved")
+                    st.alerted |= 1 << (rank + _RESOLVED_SHIFT)
+
+    async def _on_check(self, key: bytes, rank: int) -> None:
+        st = self._load(key)
+        if st is None or st.alerted & (1 << rank):
+            return
+        source, tenant, mid = split_message_key(key.decode())
+        s = summarize(source, st.events)
+        d = deadline(s, tenant, self.slas)
+        now = now_us()
+        if d is None or STAGE_RANK[d.stage] != rank:
+            return
+        if now <= d.deadline_us:
+            self.deadlines.schedule(key.decode(), d.deadline_us, d.stage)
+            return
+        alert = {"type": "stuck", "source": source, "tenant": tenant, "channel": s.channel, "message_id": mid,
+                 "stage": d.stage, "since": format_ts_us(d.since_us), "deadline": format_ts_us(d.deadline_us),
+                 "detected_at": format_ts_us(now), "sla_seconds": d.sla_s}
+        await self.t_alerts.send(key=key, value=orjson.dumps(alert))
+        st.alerted |= 1 << rank
+        self.messages[key] = st.to_bytes()
+        self.metrics.alert("stuck")
+        self.metrics.stuck_inc(tenant, s.channel, d.stage)
+        self.stuck_open[key] = alert
+
+    def _on_expire(self, key: bytes) -> None:
+        st = self._load(key)
+        if st is None:
+            return
+        now = now_us()
+        if now - st.touched_us <= self.s.message_retention_s * US_PER_S:
+            self.expiry.schedule(key.decode(), st.touched_us + self.s.message_retention_s * US_PER_S, "expire")
+            return
+        source, tenant, _ = split_message_key(key.decode())
+        s = summarize(source, st.events)
+        self.share.apply(source, contribution_delta(tenant, self.window_us, s, None))
+        self.collector.retire(source, tenant, s.channel, s.vector())
+        self.messages.pop(key, None)
+        self.deadlines.cancel(key.decode())
+        opened = self.stuck_open.pop(key, None)
+        if opened is not None:
+            self.metrics.stuck_dec(tenant, opened["channel"], opened["stage"])
+        self.inflight -= 1
+        self.metrics.inflight_set(self.inflight)
+
+    # ------------------------------------------------------------------ timers
+    def _lag(self, tp) -> int:
+        consumer = self.app.consumer
+        try:
+            hw = consumer.highwater(tp)
+            pos = consumer._read_offset.get(tp)  # last offset read by the stream, None if nothing
+        except Exception:  # noqa: BLE001 - not assigned (yet): treat as lagging
+            return 1 << 62
+        if hw is None:
+            return 0
+        return max(0, hw - (pos + 1 if pos is not None else 0))
+
+    def _input_lag(self) -> int:
+        names = {self.t_as.get_topic_name(), self.t_ac.get_topic_name()}
+        return sum(self._lag(tp) for tp in self.app.consumer.assignment() if tp.topic in names)
+
+    async def _tick(self) -> None:
+        if not self.ready:
+            return
+        now = now_us()
+        due = self.deadlines.pop_due(now)
+        if due:
+            from faust.types import TP
+            in_recovery = bool(getattr(self.app, "in_recovery", False))
+            input_lag = self._input_lag()
+            topic = self.t_events.get_topic_name()
+            for k, stage, d in due:
+                kb = k.encode()
+                part = self.app.producer.key_partition(topic, kb)
+                lag = self._lag(TP(topic, part)) + input_lag
+                if in_recovery or lag > self.s.alert_max_lag:
+                    if (kb, stage) not in self.suppressed:
+                        self.suppressed.add((kb, stage))
+                        self.metrics.alert_suppressed()
+                    self.deadlines.schedule(k, d, stage)  # retried next tick, once caught up
+                    continue
+                self.suppressed.discard((kb, stage))
+                await self.t_events.send(key=kb, value=orjson.dumps([OP_CHECK, STAGE_RANK[stage]]))
+        for k, _stage, _d in self.expiry.pop_due(now, limit=10000):
+            await self.t_events.send(key=k.encode(), value=orjson.dumps([OP_EXPIRE]))
+
+    async def _publish_windows(self) -> None:
+        """Publish changed funnel rows (coalesced) from the owner of events partition 0."""
+        if not self.ready or not self._owns_partition0():
+            return
+        try:
+            windows = await self.gather_windows({})
+        except Exception as exc:  # noqa: BLE001 - a peer is down or rebalancing: try next interval
+            log.warning("funnel-windows publish skipped: %s", exc)
+            return
+        cutoff = now_us() - self.s.window_retention_s * US_PER_S
+        for k, vec in sorted(windows.items()):
+            if k[0] + self.window_us < cutoff or self.last_published.get(k) == vec:
+                continue
+            row = rows_json({k: vec})[0] if vec[0] else None
+            key = f"{row['window_start'] if row else format_ts_us(k[0])}|{k[1]}|{k[2]}".encode()
+            await self.t_windows.send(key=key, value=orjson.dumps(row) if row else None)
+            self.last_published[k] = vec
+        for k in list(self.last_published):
+            if k not in windows:
+                del self.last_published[k]
+
+    def _owns_partition0(self) -> bool:
+        topic = self.t_events.get_topic_name()
+        return any(tp.topic == topic and tp.partition == 0 for tp in self.app.assignor.assigned_actives())
+
+    # ------------------------------------------------------------------ rebalance
+    async def _on_revoked(self, *args: Any, **kwargs: Any) -> None:
+        self.ready = False
+
+    async def _on_rebalance_complete(self, *args: Any, **kwargs: Any) -> None:
+        self.rebuild()
+        self.ready = True
+
+    def rebuild(self) -> None:
+        """Derive the funnel share, deadline and expiry indexes from the owned table partitions."""
+        topic = self.t_events.get_topic_name()
+        active = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+        self.share.clear()
+        self.deadlines = DeadlineIndex()
+        self.expiry = DeadlineIndex()
+        for key, opened in list(self.stuck_open.items()):
+            self.metrics.stuck_dec(opened["tenant"], opened["channel"], opened["stage"])
+        self.stuck_open.clear()
+        n = 0
+        for key, raw in list(self.messages.data.items()):
+            if not raw or self.app.producer.key_partition(topic, key) not in active:
+                continue
+            st = MessageState.from_bytes(raw)
+            source, tenant, mid = split_message_key(key.decode())
+            s = summarize(source, st.events)
+            self.share.add_summary(tenant, s, self.window_us)
+            self._schedule(key, tenant, st, s)
+            for rank in (0, 1):
+                if st.alerted & (1 << rank) and not st.alerted & (1 << (rank + _RESOLVED_SHIFT)):
+                    d = deadline(s, tenant, self.slas)
+                    if d is not None and STAGE_RANK[d.stage] == rank:
+                        self.stuck_open[key] = {"type": "stuck", "source": source, "tenant": tenant,
+                                                "channel": s.channel, "message_id": mid, "stage": d.stage,
+                                                "since": format_ts_us(d.since_us),
+                                                "deadline": format_ts_us(d.deadline_us), "sla_seconds": d.sla_s}
+                        self.metrics.stuck_inc(tenant, s.channel, d.stage)
+            n += 1
+        self.inflight = n
+        self.metrics.inflight_set(n)
+        log.info("funnelwatch: rebuilt derived state from %d owned messages (partitions %s)", n, sorted(active))
+
+    # ------------------------------------------------------------------ web
+    def _peers(self) -> list[str]:
+        me = str(self.app.conf.canonical_url).rstrip("/")
+        hosts = {str(h).rstrip("/") for h in self.app.router.tables_metadata()}
+        return sorted(h for h in hosts if h != me)
+
+    async def gather_windows(self, query: dict[str, str]) -> dict[tuple[int, str, str], list[int]]:
+        import aiohttp
+
+        flt = _filters(query)
+        parts = [self.share.windows(**flt)]
+        peers = self._peers()
+        if peers:
+            params = {k: v for k, v in query.items() if k in ("tenant", "channel", "from", "to")}
+            params["local"] = "1"
+            timeout = aiohttp.ClientTimeout(total=5)
+            headers = {}
+            if self.s.web_token is not None:
+                headers["Authorization"] = f"Bearer {self.s.web_token.get_secret_value()}"
+            async with aiohttp.ClientSession(timeout=timeout) as http:
+                async def one(url: str) -> dict:
+                    async with http.get(f"{url}/funnel", params=params, headers=headers) as resp:
+                        if resp.status != 200:
+                            raise RuntimeError(f"peer {url} answered {resp.status}")
+                        body = await resp.json()
+                        return {(parse_ts_us(r["window_start"]), r["tenant"], r["channel"]):
+                                [r[f] for f in _FIELDS] for r in body["windows"]}
+                parts += await asyncio.gather(*(one(u) for u in peers))
+        return merge_windows(parts)
+
+    async def _view_metrics(self, web, request):
+        body, ctype = render(self.registry, request.headers.get("Accept"))
+        return web.bytes(body, content_type=ctype.split(";")[0])
+
+    async def _view_funnel(self, web, request):
+        q = dict(request.query)
+        try:
+            _filters(q)
+        except ValueError as exc:
+            return web.json({"error": str(exc)}, status=400)
+        if not self.ready:
+            return web.json({"error": "worker is rebalancing or recovering; retry"}, status=503)
+        if q.get("local") == "1":
+            return web.json({"windows": rows_json({k: v for k, v in self.share.windows(**_filters(q)).items()}),
+                             "partial": True})
+        try:
+            windows = await self.gather_windows(q)
+        except Exception as exc:  # noqa: BLE001
+            return web.json({"error": f"funnel incomplete: {exc}"}, status=503)
+        return web.json({"windows": rows_json(windows)})
+
+    async def _view_alerts(self, web, request):
+        rows = sorted(self.stuck_open.values(), key=lambda a: a["since"], reverse=True)
+        q = request.query
+        for f in ("tenant", "channel", "stage"):
+            if q.get(f):
+                rows = [r for r in rows if r[f] == q[f]]
+        return web.json({"alerts": rows})
+
+
+_FIELDS = ("entered", "queued", "sent", "delivered", "opened", "clicked", "failed",
+           "soft_bounced", "complained", "unsubscribed", "opens_total", "clicks_total")
+
+
+def _filters(q: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"tenant": q.get("tenant") or None, "channel": q.get("channel") or None,
+                           "from_us": None, "to_us": None}
+    for name, field in (("from", "from_us"), ("to", "to_us")):
+        if q.get(name):
+            v = parse_ts_us(q[name])
+            if v is None:
+                raise ValueError(f"query parameter {name!r} must be an RFC 3339 timestamp with zone")
+            out[field] = v
+    return out

@@ -1,0 +1,54 @@
+"""``funnelwatch worker``: preflight checks, then a faust worker for the pipeline."""
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+import time
+from typing import Sequence
+
+from .settings import Settings, get_settings
+
+
+def wait_for_broker(settings: Settings, timeout_s: float) -> bool:
+    """True once a bootstrap server accepts TCP connections; prints a clear waiting message."""
+    deadline = time.monotonic() + timeout_s
+    servers = [hp.rsplit(":", 1) for hp in settings.bootstrap_servers.split(",")]
+    announced = False
+    while True:
+        for host, port in servers:
+            try:
+                with socket.create_connection((host, int(port)), timeout=2):
+                    return True
+            except OSError:
+                pass
+        if time.monotonic() >= deadline:
+            return False
+        if not announced:
+            print(f"funnelwatch: waiting for Kafka at {settings.bootstrap_servers} "
+                  f"(up to {timeout_s:.0f} s; start it with `make kafka-up`)", file=sys.stderr, flush=True)
+            announced = True
+        time.sleep(1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(argv or [])
+    settings = get_settings()
+    wait_s = float(__import__("os").environ.get("FUNNELWATCH_BROKER_WAIT_S", "30"))
+    if not wait_for_broker(settings, wait_s):
+        print(f"funnelwatch: Kafka is not reachable at {settings.bootstrap_servers} after {wait_s:.0f} s. "
+              f"Start a broker (`make kafka-up`) or set FUNNELWATCH_BROKER_URL.", file=sys.stderr)
+        return 3
+    if settings.uses_default_hmac_key:
+        logging.getLogger("funnelwatch").warning("FUNNELWATCH_HMAC_KEY is not set: using the development key")
+    from .pipeline import Pipeline
+
+    pipeline = Pipeline(settings)
+    app = pipeline.app
+    if settings.faust_prometheus_sensor:
+        from faust.sensors.prometheus import setup_prometheus_sensors
+
+        setup_prometheus_sensors(app, pattern="/faust-metrics")
+    sys.argv = ["funnelwatch", "worker", "--loglevel", settings.log_level.lower(), *argv]
+    app.main()
+    return 0
