@@ -1,0 +1,679 @@
+"""normalize(): SPEC §1–§4 mapping tables, §7 rejections and their precedence, timestamps,
+account ids, the seed samples (via the pydantic models too), and error texts free of input.
+
+The expected tables here are transcribed from SPEC.md, not imported from streams.kinds.
+"""
+from __future__ import annotations
+
+import copy
+import random
+
+import orjson
+import pydantic
+import pytest
+
+from streams.events import REASONS, CanonicalEvent, Ignored, NonLifecycle, Rejected
+from streams.normalize import normalize, normalize_obj
+from streams.schemas import (
+    ACTIVITY_SYNC_MODELS, ALTCRAFT_MODELS, AltcraftCampaignLaunch, InboundSmsMatched, MessageFailed, OutboundEmail,
+    altcraft_family, parse_activity_sync, parse_altcraft,
+)
+from tests.test_streams_samples import (
+    AC_DATE, AC_FAMILIES, AC_SAMPLES, AC_SMID, AC_TS_US, AS_MID, AS_SAMPLES, AS_TS_US, CAMPAIGN_LAUNCH,
+    TELEGRAM_DATA_SEED, ac_sample, all_samples,
+)
+
+# ---- SPEC §3/§4, transcribed ----------------------------------------------------------------------
+# kind -> (effect, channel or None, total or None)
+AS_TABLE = {
+    "outbound-sms": ("queued", "sms", None),
+    "outbound-email": ("queued", "email", None),
+    "message-sent": ("sent", None, None),
+    "message-delivered": ("delivered", None, None),
+    "message-opened": ("opened", None, "open"),
+    "message-link-clicked": ("clicked", None, "click"),
+    "message-failed": ("failed", None, None),
+}
+AS_NON_LIFECYCLE = ["inbound-sms-matched", "inbound-sms-unmatched", "experience-start", "experience-complete",
+                    "experience-failed", "action"]
+AS_DEPRECATED = ["queued", "sent-to-gateway"]
+
+AC_TABLE = {
+    "send": ("sent", "email", None), "send_sms": ("sent", "sms", None), "send_push": ("sent", "push", None),
+    "telegram_bot_send": ("sent", "telegram", None), "telegram_group_send": ("sent", "telegram", None),
+    "deliv": ("delivered", "email", None), "deliv_sms": ("delivered", "sms", None),
+    "deliv_push": ("delivered", "push", None), "telegram_bot_deliv": ("delivered", "telegram", None),
+    "telegram_group_deliv": ("delivered", "telegram", None),
+    "undeliv": ("failed", "email", None), "undeliv_sms": ("failed", "sms", None),
+    "telegram_bot_undeliv": ("failed", "telegram", None), "telegram_group_undeliv": ("failed", "telegram", None),
+    "hbounce": ("failed", "email", None), "suppress": ("failed", "email", None),
+    "sbounce": ("soft_bounced", "email", None),
+    "complain": ("complained", "email", None),
+    "unsub": ("unsubscribed", "email", None), "unsub_sms": ("unsubscribed", "sms", None),
+    "open": ("opened", "email", "open"), "open_push": ("opened", "push", "open"),
+    "read": ("opened", "email", None), "glanced": ("opened", "email", None), "skimmed": ("opened", "email", None),
+    "uopen": ("opened", "email", None), "uopen_push": ("opened", "push", None),
+    "click": ("clicked", "email", "click"), "click_sms": ("clicked", "sms", "click"),
+    "click_push": ("clicked", "push", "click"), "telegram_bot_click": ("clicked", "telegram", "click"),
+    "telegram_group_click": ("clicked", "telegram", "click"),
+    "uclick": ("clicked", "email", None), "uclick_sms": ("clicked", "sms", None),
+    "uclick_push": ("clicked", "push", None), "telegram_bot_uclick": ("clicked", "telegram", None),
+}
+AC_NON_LIFECYCLE = ["confirm", "confirmsub", "promocode_attach", "promocode_detach", "promocode_activate",
+                    "promocode_anything_new", "segs_add", "segs_remove", "profile_merge", "profile_split",
+                    "campaign_launch", "camp_error"]
+AC_UNKNOWN = ["undeliv_push", "telegram_group_uclick", "pixel", "Send", "SEND", "send ", "", "open_sms",
+              "promocode", "telegram_bot_open", "bounce"]
+AS_UNKNOWN = ["message-bounced", "Message-Sent", "outbound-push", "", "message_sent", "sent"]
+
+OUTCOME_TYPES = (CanonicalEvent, NonLifecycle, Ignored, Rejected)
+
+
+def n(obj) -> object:
+    return normalize(orjson.dumps(obj))
+
+
+def as_ev(kind_: str = "message-sent", /, **kw) -> dict:
+    ev = copy.deepcopy(AS_SAMPLES.get(kind_, AS_SAMPLES["message-sent"]))
+    ev["kind"] = kind_
+    ev.update(kw)
+    return ev
+
+
+def ac_ev(type_: str = "send", /, **kw) -> dict:
+    base = copy.deepcopy(AC_SAMPLES.get(type_, AC_SAMPLES["send"]))
+    base["event_type"] = type_
+    base.update(kw)
+    return base
+
+
+def assert_rejected(out, reason):
+    assert type(out) is Rejected, out
+    assert out.reason == reason, (out.reason, out.error)
+    assert out.reason in REASONS
+
+
+# ---- mapping tables ------------------------------------------------------------------------------
+def test_tables_cover_every_kind_the_spec_names():
+    assert len(AS_TABLE) == 7 and len(AC_TABLE) == 36
+
+
+@pytest.mark.parametrize("kind", sorted(AS_TABLE))
+def test_activity_sync_lifecycle_kind(kind):
+    effect, channel, total = AS_TABLE[kind]
+    out = n(as_ev(kind, data={"messageId": "m-1"}))
+    assert type(out) is CanonicalEvent
+    assert (out.source, out.tenant, out.message_id, out.ts_us) == ("activity_sync", "foo", "m-1", AS_TS_US)
+    assert out.kind.name == kind and out.effect == effect and out.kind.total == total
+    assert out.kind.channel == channel
+    assert out.channel == (channel or "unknown")  # SPEC §3: unknown until the outbound event is seen
+    assert out.key == "activity_sync|foo|m-1"
+
+
+@pytest.mark.parametrize("kind", AS_NON_LIFECYCLE)
+def test_activity_sync_non_lifecycle_kind(kind):
+    out = n(as_ev(kind))
+    assert out == NonLifecycle("activity_sync", kind, "foo", AS_TS_US)
+
+
+@pytest.mark.parametrize("kind", AS_NON_LIFECYCLE)
+def test_activity_sync_non_lifecycle_needs_only_the_envelope(kind):
+    ev = as_ev(kind)
+    del ev["data"]
+    assert type(n(ev)) is NonLifecycle
+    ev["data"] = "not an object"
+    assert type(n(ev)) is NonLifecycle
+
+
+@pytest.mark.parametrize("kind", AS_DEPRECATED)
+def test_activity_sync_deprecated_kinds(kind):
+    assert_rejected(n(as_ev(kind)), "deprecated_kind")
+    assert_rejected(n(as_ev(kind, version=None)), "deprecated_kind")
+
+
+@pytest.mark.parametrize("kind", AS_UNKNOWN + [None, 5, ["message-sent"], {"k": 1}, True])
+def test_activity_sync_unknown_kind(kind):
+    assert_rejected(n(as_ev("message-sent", kind=kind)), "unknown_kind")
+
+
+@pytest.mark.parametrize("event_type", sorted(AC_TABLE))
+def test_altcraft_lifecycle_type(event_type):
+    effect, channel, total = AC_TABLE[event_type]
+    out = n(ac_ev(event_type, event_data={"send_message_id": "s-1", "campaign_id": 973}))
+    assert type(out) is CanonicalEvent
+    assert (out.source, out.tenant, out.message_id, out.ts_us) == ("altcraft", "23", "s-1", AC_TS_US)
+    assert (out.effect, out.channel, out.kind.total) == (effect, channel, total)
+    assert out.kind.name == event_type and out.campaign_id == "973"
+
+
+@pytest.mark.parametrize("event_type", AC_NON_LIFECYCLE)
+def test_altcraft_non_lifecycle_type(event_type):
+    out = n(ac_ev(event_type, event_data={}, account_id=23, event_date=AC_DATE))
+    assert type(out) is NonLifecycle
+    assert (out.source, out.kind, out.tenant, out.ts_us) == ("altcraft", event_type, "23", AC_TS_US)
+    assert (out.alert is not None) == (event_type == "camp_error")
+
+
+@pytest.mark.parametrize("event_type", AC_NON_LIFECYCLE)
+def test_altcraft_non_lifecycle_needs_only_the_envelope(event_type):
+    ev = ac_ev(event_type)
+    del ev["event_data"]
+    assert type(n(ev)) is NonLifecycle
+
+
+@pytest.mark.parametrize("event_type", AC_UNKNOWN + [None, 1, ["send"], {"a": 1}, False])
+def test_altcraft_unknown_type(event_type):
+    assert_rejected(n(ac_ev("send", event_type=event_type)), "unknown_kind")
+
+
+def test_camp_error_alert_body():
+    out = n(ac_sample("camp_error"))
+    assert type(out) is NonLifecycle
+    assert out.alert == {"type": "campaign_error", "tenant": "23", "campaign_id": "9", "error_code": 500,
+                         "error_text": "LOG_INTERNAL_ERROR", "event_ts_us": AC_TS_US}
+
+
+# ---- source detection (SPEC §1) --------------------------------------------------------------------
+@pytest.mark.parametrize("obj,expected", [
+    ({}, "unknown_source"),
+    ({"kind": "outbound-sms"}, "unknown_source"),
+    ({"tenantId": "foo", "timestamp": "2024-08-27T13:25:04Z"}, "unknown_source"),
+    ({"eventType": "send", "account_id": 1}, "unknown_source"),
+    ({"type": "send"}, "unknown_source"),
+])
+def test_unknown_source(obj, expected):
+    assert_rejected(n(obj), expected)
+
+
+def test_event_type_wins_over_kind_and_tenant():
+    ev = ac_sample("send")
+    ev.update(kind="outbound-sms", tenantId="foo")
+    out = n(ev)
+    assert type(out) is CanonicalEvent and out.source == "altcraft"
+
+
+def test_event_type_null_is_still_altcraft():
+    assert_rejected(n({"event_type": None, "kind": "message-sent", "tenantId": "foo"}), "unknown_kind")
+
+
+# ---- SPEC §7 reasons and precedence --------------------------------------------------------------
+def test_too_large_boundary():
+    raw = orjson.dumps(AS_SAMPLES["message-sent"])
+    assert type(normalize(raw, max_event_bytes=len(raw))) is CanonicalEvent
+    assert_rejected(normalize(raw, max_event_bytes=len(raw) - 1), "too_large")
+
+
+def test_too_large_is_checked_before_json():
+    assert_rejected(normalize(b"{" * 100, max_event_bytes=10), "too_large")
+    assert_rejected(normalize(b"x" * ((1 << 20) + 1)), "too_large")  # default limit: 1 MiB
+    assert_rejected(normalize(b"x" * (1 << 20)), "invalid_json")
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"nul", b"{'a': 1}", b"{} x", b"\xff\xfe", b'{"a": 1,}',
+                                 b'"\xed\xa0\x80"', b"[" * 5000 + b"]" * 5000, b"NaN", b"{\"a\" 1}"])
+def test_invalid_json(raw):
+    assert_rejected(normalize(raw), "invalid_json")
+
+
+@pytest.mark.parametrize("raw", [b"[]", b'"x"', b"1", b"1.5", b"null", b"true", b'[{"event_type": "send"}]'])
+def test_not_an_object(raw):
+    assert_rejected(normalize(raw), "not_an_object")
+
+
+def test_str_input_is_accepted():
+    out = normalize(orjson.dumps(AS_SAMPLES["message-sent"]).decode())
+    assert type(out) is CanonicalEvent
+
+
+@pytest.mark.parametrize("version", ["0.0", "2.0", "1", "1.0 ", "", 1.0, 1, True, ["1.0"], {"v": "1.0"}])
+def test_unsupported_version(version):
+    assert_rejected(n(as_ev("message-sent", version=version)), "unsupported_version")
+
+
+def test_missing_or_null_version_is_1_0():
+    ev = as_ev("message-sent")
+    del ev["version"]
+    assert type(n(ev)) is CanonicalEvent
+    assert type(n(as_ev("message-sent", version=None))) is CanonicalEvent
+
+
+# Each row: (description, record, reason). Records fail several checks; the first in SPEC §7 wins.
+PRECEDENCE = [
+    ("version 0.0 + deprecated kind", as_ev("queued", version="0.0"), "unsupported_version"),
+    ("version 0.0 + unknown kind + bad ts", as_ev("message-sent", version="0.0", kind="nope", timestamp="x"),
+     "unsupported_version"),
+    ("version 2 + no message id", as_ev("message-sent", version="2", data={}), "unsupported_version"),
+    ("unknown kind + bad timestamp", as_ev("message-bounced", timestamp="yesterday"), "unknown_kind"),
+    ("unknown kind + empty tenant", as_ev("message-bounced", tenantId=""), "unknown_kind"),
+    ("deprecated kind + bad timestamp", as_ev("sent-to-gateway", timestamp="never"), "deprecated_kind"),
+    ("deprecated kind + no message id", as_ev("queued", data={}), "deprecated_kind"),
+    ("bad timestamp + no message id", as_ev("message-sent", timestamp="2024-13-01T00:00:00Z", data={}), "schema"),
+    ("empty tenant + no message id", as_ev("message-sent", tenantId="", data={}), "schema"),
+    ("non-lifecycle + bad timestamp", as_ev("action", timestamp=None), "schema"),
+    ("ac unknown type + bad date", ac_ev("bounce", event_date="x"), "unknown_kind"),
+    ("ac unknown type + is_test", ac_ev("bounce", is_test=True), "unknown_kind"),
+    ("ac unknown type + bad account", ac_ev("bounce", account_id=None), "unknown_kind"),
+    ("ac bad date + is_test", ac_ev("send", event_date="2024-08-27", is_test=True), "schema"),
+    ("ac bad account + is_test", ac_ev("send", account_id=1.5, is_test=True), "schema"),
+    ("ac bad account + no message id", ac_ev("send", account_id="x", event_data={}), "schema"),
+    ("ac bad date + no message id", ac_ev("send", event_date=None, event_data={}), "schema"),
+    ("ac event_data not object + is_test", ac_ev("send", event_data=[1], is_test=True), "schema"),
+]
+
+
+@pytest.mark.parametrize("desc,record,reason", PRECEDENCE, ids=[p[0] for p in PRECEDENCE])
+def test_precedence(desc, record, reason):
+    assert_rejected(n(record), reason)
+
+
+def test_is_test_is_ignored_before_the_message_id_is_looked_at():
+    for ed in ({}, {"send_message_id": ""}, {"send_message_id": None}, None):
+        ev = ac_ev("send", is_test=True, event_data=ed)
+        if ed is None:
+            del ev["event_data"]
+        assert n(ev) == Ignored("altcraft", "send", "test_event")
+
+
+@pytest.mark.parametrize("event_type", sorted(AC_TABLE) + AC_NON_LIFECYCLE)
+def test_is_test_ignored_for_any_type(event_type):
+    out = n(ac_ev(event_type, is_test=True))
+    assert out == Ignored("altcraft", event_type, "test_event")
+
+
+def test_is_test_false_or_missing_is_not_a_test():
+    ev = ac_sample("send")
+    del ev["is_test"]
+    assert type(n(ev)) is CanonicalEvent
+    assert type(n(ac_sample("send", is_test=False))) is CanonicalEvent
+
+
+@pytest.mark.parametrize("is_test", ["true", 1, 0, "false", [], {}])
+def test_is_test_must_be_a_boolean(is_test):
+    assert_rejected(n(ac_ev("send", is_test=is_test)), "schema")
+
+
+@pytest.mark.parametrize("data", [None, {}, {"messageId": ""}, {"messageId": None}, {"messageId": "   "},
+                                  {"messageid": "m1"}, {"detail": "x"}])
+def test_activity_sync_missing_message_id(data):
+    ev = as_ev("message-delivered", data=data)
+    if data is None:
+        del ev["data"]
+    assert_rejected(n(ev), "missing_message_id")
+
+
+@pytest.mark.parametrize("data", ["m1", ["m1"], 5, True])
+def test_activity_sync_data_not_an_object_is_schema(data):
+    assert_rejected(n(as_ev("message-delivered", data=data)), "schema")
+
+
+@pytest.mark.parametrize("mid", [5, 1.5, True, ["m"], {"id": "m"}])
+def test_activity_sync_message_id_not_a_string_is_schema(mid):
+    assert_rejected(n(as_ev("message-delivered", data={"messageId": mid})), "schema")
+
+
+@pytest.mark.parametrize("tenant", ["", None, 5, ["foo"], {"id": "foo"}, True])
+def test_activity_sync_tenant_must_be_a_non_empty_string(tenant):
+    assert_rejected(n(as_ev("message-sent", tenantId=tenant)), "schema")
+
+
+@pytest.mark.parametrize("ed", [None, {}, {"send_message_id": ""}, {"send_message_id": None},
+                                {"send_message_id": " \t"}, {"message_id": 17}])
+def test_altcraft_missing_message_id(ed):
+    ev = ac_ev("deliv", event_data=ed)
+    if ed is None:
+        del ev["event_data"]
+    assert_rejected(n(ev), "missing_message_id")
+
+
+def test_altcraft_seed_telegram_example_has_no_message_id():
+    assert_rejected(n(ac_sample("telegram_bot_send", TELEGRAM_DATA_SEED)), "missing_message_id")
+    assert type(n(ac_sample("telegram_bot_send"))) is CanonicalEvent
+
+
+@pytest.mark.parametrize("ed", ["x", [1], 5, True])
+def test_altcraft_event_data_not_an_object_is_schema(ed):
+    assert_rejected(n(ac_ev("deliv", event_data=ed)), "schema")
+    assert_rejected(n(ac_ev("segs_add", event_data=ed)), "schema")
+
+
+@pytest.mark.parametrize("smid", [1.5, True, ["x"], {"a": 1}])
+def test_altcraft_send_message_id_of_wrong_type_is_schema(smid):
+    assert_rejected(n(ac_ev("deliv", event_data={"send_message_id": smid})), "schema")
+
+
+def test_altcraft_integer_send_message_id_is_its_decimal_text():
+    out = n(ac_ev("deliv", event_data={"send_message_id": 12345}))
+    assert type(out) is CanonicalEvent and out.message_id == "12345"
+
+
+# ---- account_id ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("account,tenant", [
+    (23, "23"), (0, "0"), ("23", "23"), ("0023", "23"), ("0", "0"), ("000", "0"), (2**63 - 1, str(2**63 - 1)),
+    (-5, "-5"),  # SPEC §7: "integer" — a negative integer is an integer
+    ("9" * 5000, "9" * 5000),  # used to raise ValueError (int() digit limit)
+])
+def test_account_id_accepted(account, tenant):
+    out = n(ac_ev("send", account_id=account))
+    assert type(out) is CanonicalEvent and out.tenant == tenant
+
+
+def test_int_and_digit_string_account_are_the_same_tenant():
+    a, b = n(ac_ev("send", account_id=23)), n(ac_ev("send", account_id="23"))
+    assert a.key == b.key
+
+
+@pytest.mark.parametrize("account", [True, False, 23.0, 1.5, "-5", "+5", "12a", "", " 23", "23 ", "２３", "1e3",
+                                     None, [23], {"id": 23}, "٢٣"])
+def test_account_id_rejected(account):
+    assert_rejected(n(ac_ev("send", account_id=account)), "schema")
+
+
+def test_account_id_missing():
+    ev = ac_sample("send")
+    del ev["account_id"]
+    assert_rejected(n(ev), "schema")
+    ev = ac_sample("segs_add")
+    del ev["account_id"]
+    assert_rejected(n(ev), "schema")  # non-lifecycle types need their envelope fields too
+
+
+# ---- timestamps (SPEC §5) --------------------------------------------------------------------------
+BASE = 1724763600_000000  # 2024-08-27T13:00:00Z
+TS_OK = [
+    ("2024-08-27T13:00:00Z", BASE),
+    ("2024-08-27T13:00:00z", BASE),
+    ("2024-08-27t13:00:00Z", BASE),
+    ("2024-08-27T13:00:00+00:00", BASE),
+    ("2024-08-27T13:00:00-00:00", BASE),
+    ("2024-08-27T18:30:00+05:30", BASE),
+    ("2024-08-27T05:00:00-08:00", BASE),
+    ("2024-08-28T00:59:00+11:59", BASE),
+    ("2024-08-27T13:00:00.5Z", BASE + 500000),
+    ("2024-08-27T13:00:00.000001Z", BASE + 1),
+    ("2024-08-27T13:00:00.123456789Z", BASE + 123456),  # 9 digits: truncated, not rounded
+    ("2024-08-27T13:00:00.999999999Z", BASE + 999999),
+    ("2024-08-27T13:00:00.0000009Z", BASE),
+    ("1970-01-01T00:00:00Z", 0),
+    ("1969-12-31T23:59:59.5Z", -500000),
+    ("1900-01-01T00:00:00Z", -2208988800_000000),
+    ("2999-12-31T23:59:59Z", 32503680000_000000 - 1_000000),
+    ("2024-02-29T00:00:00Z", 1709164800_000000),
+    (AC_DATE, AC_TS_US),
+]
+TS_BAD = [
+    "2024-08-27T13:00:00",  # no zone: not an instant
+    "2024-08-27T13:00:00.123",
+    "2024-08-27", "13:00:00Z", "2024-08-27T13:00Z", "2024-08-27T13:00:00.Z",
+    "2024-08-27T13:00:00.1234567890Z",  # 10 fractional digits
+    "2023-02-29T00:00:00Z", "2024-13-01T00:00:00Z", "2024-08-32T00:00:00Z", "2024-08-27T24:00:00Z",
+    "2024-08-27T13:60:00Z", "2024-08-27T13:00:60Z", "2024-08-27T13:00:00+24:00", "2024-08-27T13:00:00+05:60",
+    "0000-01-01T00:00:00Z", "10000-01-01T00:00:00Z", "2024-08-27T13:00:00ZZ", " 2024-08-27T13:00:00Z",
+    "2024-08-27T13:00:00Z ", "٢٠٢٤-08-27T13:00:00Z", "2024-08-27T13:00:00 UTC", "", "now",
+    1724763600, 1724763600.0, None, True, ["2024-08-27T13:00:00Z"], {"ts": "2024-08-27T13:00:00Z"},
+]
+
+
+@pytest.mark.parametrize("ts,us", TS_OK)
+def test_timestamp_forms_accepted(ts, us):
+    a = n(as_ev("message-sent", timestamp=ts))
+    b = n(ac_ev("send", event_date=ts))
+    assert type(a) is CanonicalEvent and a.ts_us == us
+    assert type(b) is CanonicalEvent and b.ts_us == us
+
+
+@pytest.mark.parametrize("ts", TS_BAD)
+def test_timestamp_forms_rejected_as_schema(ts):
+    assert_rejected(n(as_ev("message-sent", timestamp=ts)), "schema")
+    assert_rejected(n(ac_ev("send", event_date=ts)), "schema")
+    assert_rejected(n(as_ev("experience-start", timestamp=ts)), "schema")
+
+
+def test_timestamp_missing():
+    ev = as_ev("message-sent")
+    del ev["timestamp"]
+    assert_rejected(n(ev), "schema")
+    ev = ac_sample("send")
+    del ev["event_date"]
+    assert_rejected(n(ev), "schema")
+
+
+def test_far_future_and_past_round_trip_through_format():
+    from streams.timeparse import format_ts_us, parse_ts_us
+    for ts in ("9999-12-29T23:59:59.999999Z", "0001-01-02T00:00:00Z", "1969-07-20T20:17:40Z",
+               "2024-08-27T13:13:19.034315Z"):
+        assert format_ts_us(parse_ts_us(ts)) == ts
+    assert parse_ts_us("9999-12-31T23:59:59Z") is None  # kept inside datetime's range, with a margin
+
+
+# ---- seed samples: pydantic models and normalize agree -----------------------------------------------
+@pytest.mark.parametrize("kind", sorted(AS_SAMPLES))
+def test_activity_sync_seed_sample(kind):
+    sample = copy.deepcopy(AS_SAMPLES[kind])
+    model = parse_activity_sync(sample)
+    assert type(model) is ACTIVITY_SYNC_MODELS[kind]
+    assert model.kind == kind and model.tenant == "foo" and model.ts_us == AS_TS_US
+    out = n(sample)
+    if kind in AS_TABLE:
+        assert type(out) is CanonicalEvent
+        assert (out.tenant, out.message_id, out.ts_us, out.kind.name) == ("foo", AS_MID, AS_TS_US, kind)
+        assert model.message_id == out.message_id
+        assert (out.flow_id, out.flow_name, out.experience_id) == (
+            "b07a5e44-04e3-4698-a799-04c558b77147", "My first flow", "501b95b3-06d3-4398-9ad4-b2563e158308")
+    else:
+        assert out == NonLifecycle("activity_sync", kind, "foo", AS_TS_US)
+
+
+def test_activity_sync_sample_quirks_in_models():
+    failed = parse_activity_sync(AS_SAMPLES["message-failed"])
+    assert type(failed) is MessageFailed and failed.version is None
+    email = parse_activity_sync(AS_SAMPLES["outbound-email"])
+    assert type(email) is OutboundEmail and email.pii == [] and email.data.from_ == "company@appleseed.com"
+    matched = parse_activity_sync(AS_SAMPLES["inbound-sms-matched"])
+    assert type(matched) is InboundSmsMatched and matched.metadata.matchedType == "Rule Match (Conversation)"
+
+
+@pytest.mark.parametrize("event_type", sorted(AC_SAMPLES))
+def test_altcraft_seed_sample(event_type):
+    sample = copy.deepcopy(AC_SAMPLES[event_type])
+    et = sample["event_type"]
+    model = parse_altcraft(sample)
+    assert type(model) is ALTCRAFT_MODELS[altcraft_family(et)]
+    assert model.event_type == et
+    out = n(sample)
+    if et in AC_TABLE:
+        assert type(out) is CanonicalEvent
+        assert (out.tenant, out.message_id, out.ts_us) == ("23", AC_SMID, AC_TS_US)
+        assert (model.tenant, model.message_id, model.ts_us) == ("23", AC_SMID, AC_TS_US)
+    else:
+        assert type(out) is NonLifecycle and out.kind == et and out.tenant == model.tenant
+
+
+def test_altcraft_campaign_launch_sample():
+    model = parse_altcraft(CAMPAIGN_LAUNCH)
+    assert type(model) is AltcraftCampaignLaunch
+    assert model.tenant == "161" and model.event_data.content[1].attach_links[0].name == "text_file.txt"
+    assert n(CAMPAIGN_LAUNCH) == NonLifecycle("altcraft", "campaign_launch", "161", 1481278284934079)
+
+
+def test_schema_families_cover_every_altcraft_type_of_the_spec():
+    for et in list(AC_TABLE) + AC_NON_LIFECYCLE:
+        assert altcraft_family(et) is not None, et
+    for et in AC_UNKNOWN:
+        assert altcraft_family(et) is None, et
+    seed_types = {t for types, _ in AC_FAMILIES.values() for t in types} | {"campaign_launch"}
+    assert seed_types <= set(AC_TABLE) | set(AC_NON_LIFECYCLE)
+
+
+@pytest.mark.parametrize("obj", [
+    as_ev("queued"), as_ev("message-bounced"), as_ev("message-sent", version="0.0"),
+    as_ev("message-sent", timestamp="2024-08-27T13:00:00"), as_ev("message-sent", tenantId=""),
+    as_ev("message-sent", data={}),
+    ac_ev("bounce"), ac_ev("send", account_id=True), ac_ev("send", account_id=1.0), ac_ev("send", event_date="x"),
+    ac_ev("send", event_data={}), ac_ev("send", is_test="yes"),
+])
+def test_models_refuse_what_normalize_rejects(obj):
+    assert type(n(obj)) is Rejected
+    parse = parse_altcraft if "event_type" in obj else parse_activity_sync
+    with pytest.raises(pydantic.ValidationError):
+        parse(obj)
+
+
+def test_models_accept_test_event_without_message_id_like_normalize():
+    ev = ac_ev("send", is_test=True, event_data={})
+    assert type(n(ev)) is Ignored
+    assert parse_altcraft(ev).is_test is True
+
+
+def test_models_allow_extra_fields():
+    ev = as_ev("message-sent", newField={"x": 1})
+    ev["data"]["vendorAdded"] = 1
+    ev["workflowContext"]["flowContext"]["flowTags"] = ["a"]
+    m = parse_activity_sync(ev)
+    assert m.model_extra == {"newField": {"x": 1}} and m.data.model_extra == {"vendorAdded": 1}
+    ac = ac_ev("click", new_top=1)
+    ac["event_data"]["new_inner"] = 2
+    m = parse_altcraft(ac)
+    assert m.model_extra == {"new_top": 1} and m.event_data.model_extra == {"new_inner": 2}
+
+
+def _mutations(obj, rng: random.Random):
+    """Yield mutated deep copies: one field deleted / replaced / retyped, at any depth."""
+    paths = []
+
+    def walk(o, path):
+        if isinstance(o, dict):
+            for k, v in o.items():
+                paths.append(path + (k,))
+                walk(v, path + (k,))
+        elif isinstance(o, list):
+            for i, v in enumerate(o):
+                paths.append(path + (i,))
+                walk(v, path + (i,))
+
+    walk(obj, ())
+    values = [None, True, False, 0, -1, 23, 1.5, "", " ", "x", "23", [], {}, [1], {"a": None}, "0.0",
+              "2024-08-27T13:00:00Z", "2024-08-27T13:00:00"]
+    for path in paths:
+        for op in ("del", "set", "set"):
+            m = copy.deepcopy(obj)
+            parent = m
+            for p in path[:-1]:
+                parent = parent[p]
+            if op == "del":
+                if isinstance(parent, dict):
+                    del parent[path[-1]]
+                else:
+                    parent.pop(path[-1])
+            else:
+                parent[path[-1]] = rng.choice(values)
+            yield m
+
+
+def test_differential_models_vs_normalize_on_mutated_samples():
+    """Whatever the models accept, normalize accepts with the same identity (never Rejected)."""
+    rng = random.Random(7)
+    checked = accepted = 0
+    for sample in all_samples():
+        for m in _mutations(sample, rng):
+            out = normalize_obj(m)
+            assert isinstance(out, OUTCOME_TYPES)
+            if not isinstance(m, dict):
+                continue
+            parse = parse_altcraft if "event_type" in m else (
+                parse_activity_sync if "kind" in m and "tenantId" in m else None)
+            if parse is None:
+                assert type(out) is Rejected and out.reason == "unknown_source"
+                continue
+            checked += 1
+            try:
+                model = parse(m)
+            except pydantic.ValidationError:
+                continue
+            accepted += 1
+            assert type(out) is not Rejected, (m, out)
+            assert out.source == model.source
+            if type(out) is Ignored:
+                assert model.is_test is True
+                continue
+            assert out.tenant == model.tenant
+            if type(out) is CanonicalEvent:
+                assert (out.message_id, out.ts_us) == (model.message_id, model.ts_us)
+    assert checked > 1000 and accepted > 500
+
+
+# ---- error texts carry no input (SPEC §7/§8) ---------------------------------------------------------
+CANARY = "CANARY-5e1f"
+
+
+def _canary_variants(obj):
+    """Each leaf and each key replaced by / renamed to the canary, plus some canary-bearing garbage."""
+    rng = random.Random(3)
+    for m in _mutations(obj, rng):
+        yield m
+    paths = []
+
+    def walk(o, path):
+        if isinstance(o, dict):
+            for k, v in o.items():
+                paths.append(path + (k,))
+                walk(v, path + (k,))
+
+    walk(obj, ())
+    for path in paths:
+        for val in (CANARY, {CANARY: CANARY}, [CANARY], CANARY * 50):
+            m = copy.deepcopy(obj)
+            parent = m
+            for p in path[:-1]:
+                parent = parent[p]
+            parent[path[-1]] = val
+            yield m
+        m = copy.deepcopy(obj)
+        parent = m
+        for p in path[:-1]:
+            parent = parent[p]
+        parent[CANARY] = parent.pop(path[-1])
+        yield m
+
+
+def test_error_texts_never_contain_input_values():
+    rejected = set()
+    for sample in all_samples():
+        for m in _canary_variants(sample):
+            raw = orjson.dumps(m)
+            for r in (raw, raw[: len(raw) // 2], raw + b"," + CANARY.encode(), CANARY.encode() + raw):
+                out = normalize(r)
+                if type(out) is Rejected:
+                    rejected.add(out.reason)
+                    assert CANARY not in out.error, (out, r)
+                    assert CANARY.lower() not in out.error.lower()
+            out = normalize(raw, max_event_bytes=10)
+            assert CANARY not in out.error
+    for raw in (orjson.dumps(CANARY), orjson.dumps([CANARY]), CANARY.encode(), b'{"' + CANARY.encode() + b'"}'):
+        out = normalize(raw)
+        assert type(out) is Rejected and CANARY not in out.error
+    assert rejected >= {"invalid_json", "unknown_source", "schema", "missing_message_id", "unsupported_version",
+                        "unknown_kind"}
+
+
+def test_deprecated_kind_error_names_only_the_known_kind():
+    out = n(as_ev("queued", data={"messageId": CANARY, "body": CANARY}, tenantId=CANARY))
+    assert out.reason == "deprecated_kind" and CANARY not in out.error
+
+
+@pytest.mark.parametrize("reason", REASONS)
+def test_every_reason_is_reachable(reason):
+    examples = {
+        "too_large": (b"{}" * 10, 5),
+        "invalid_json": (b"{", None),
+        "not_an_object": (b"[]", None),
+        "unknown_source": (b"{}", None),
+        "unsupported_version": (orjson.dumps(as_ev(version="0.0")), None),
+        "deprecated_kind": (orjson.dumps(as_ev("sent-to-gateway")), None),
+        "unknown_kind": (orjson.dumps(ac_ev("nope")), None),
+        "schema": (orjson.dumps(ac_ev(account_id="x")), None),
+        "missing_message_id": (orjson.dumps(ac_ev(event_data={})), None),
+    }
+    raw, limit = examples[reason]
+    out = normalize(raw, limit) if limit else normalize(raw)
+    assert_rejected(out, reason)
+    assert out.error and len(out.error) <= 200
