@@ -406,28 +406,31 @@ class Pipeline:
         hosts = {str(h).rstrip("/") for h in self.app.router.tables_metadata()}
         return sorted(h for h in hosts if h != me)
 
-    async def gather_windows(self, query: dict[str, str]) -> dict[tuple[int, str, str], list[int]]:
+    async def _gather_peers(self, path: str, params: dict[str, str]) -> list[dict]:
+        """GET ``path?local=1`` on every other worker (scatter-gather); raises if one fails."""
+        peers = self._peers()
+        if not peers:
+            return []
         import aiohttp
 
-        flt = _filters(query)
-        parts = [self.share.windows(**flt)]
-        peers = self._peers()
-        if peers:
-            params = {k: v for k, v in query.items() if k in ("tenant", "channel", "from", "to")}
-            params["local"] = "1"
-            timeout = aiohttp.ClientTimeout(total=5)
-            headers = {}
-            if self.s.web_token is not None:
-                headers["Authorization"] = f"Bearer {self.s.web_token.get_secret_value()}"
-            async with aiohttp.ClientSession(timeout=timeout) as http:
-                async def one(url: str) -> dict:
-                    async with http.get(f"{url}/funnel", params=params, headers=headers) as resp:
-                        if resp.status != 200:
-                            raise RuntimeError(f"peer {url} answered {resp.status}")
-                        body = await resp.json()
-                        return {(parse_ts_us(r["window_start"]), r["tenant"], r["channel"]):
-                                [r[f] for f in _FIELDS] for r in body["windows"]}
-                parts += await asyncio.gather(*(one(u) for u in peers))
+        params = dict(params, local="1")
+        headers = {}
+        if self.s.web_token is not None:
+            headers["Authorization"] = f"Bearer {self.s.web_token.get_secret_value()}"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            async def one(url: str) -> dict:
+                async with http.get(f"{url}{path}", params=params, headers=headers) as resp:
+                    if resp.status != 200:
+                        raise RuntimeError(f"peer {url} answered {resp.status}")
+                    return await resp.json()
+            return list(await asyncio.gather(*(one(u) for u in peers)))
+
+    async def gather_windows(self, query: dict[str, str]) -> dict[tuple[int, str, str], list[int]]:
+        params = {k: v for k, v in query.items() if k in ("tenant", "channel", "from", "to")}
+        parts = [self.share.windows(**_filters(query))]
+        for body in await self._gather_peers("/funnel", params):
+            parts.append({(parse_ts_us(r["window_start"]), r["tenant"], r["channel"]): [r[f] for f in _FIELDS]
+                          for r in body["windows"]})
         return merge_windows(parts)
 
     async def _view_metrics(self, web, request):
@@ -452,12 +455,27 @@ class Pipeline:
         return web.json({"windows": rows_json(windows)})
 
     async def _view_alerts(self, web, request):
-        rows = sorted(self.stuck_open.values(), key=lambda a: a["since"], reverse=True)
+        """Currently stuck messages across all workers, newest first, filtered and paginated."""
         q = request.query
-        for f in ("tenant", "channel", "stage"):
-            if q.get(f):
-                rows = [r for r in rows if r[f] == q[f]]
-        return web.json({"alerts": rows})
+        try:
+            limit = min(max(int(q.get("limit", 100)), 1), 1000)
+            offset = max(int(q.get("offset", 0)), 0)
+        except ValueError:
+            return web.json({"error": "limit and offset must be integers"}, status=400)
+        flt = {f: q[f] for f in ("tenant", "channel", "stage") if q.get(f)}
+        rows = [r for r in self.stuck_open.values() if all(r.get(f) == v for f, v in flt.items())]
+        if q.get("local") == "1":
+            return web.json({"alerts": rows})
+        if not self.ready:
+            return web.json({"error": "worker is rebalancing or recovering; retry"}, status=503)
+        try:
+            for body in await self._gather_peers("/alerts", flt):
+                rows.extend(body["alerts"])
+        except Exception as exc:  # noqa: BLE001
+            return web.json({"error": f"alerts incomplete: {exc}"}, status=503)
+        rows.sort(key=lambda a: (a["deadline"], a["source"], a["tenant"], a["message_id"]), reverse=True)
+        return web.json({"total": len(rows), "offset": offset, "limit": limit,
+                         "alerts": rows[offset:offset + limit]})
 
 
 _FIELDS = ("entered", "queued", "sent", "delivered", "opened", "clicked", "failed",
