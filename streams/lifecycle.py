@@ -6,8 +6,8 @@ contribution and returns the difference to apply to the funnel. Duplicates, reor
 late events and moves between windows or channels are therefore correct by construction.
 
 State is tiny and self-describing: a version byte, the stuck-alert marks, the time it was
-last touched, and ``(kind code, timestamp)`` per applied event — 10 + 9 bytes per event
-(a typical 4-event message is 46 bytes serialized).
+last touched, and ``(kind code, timestamp)`` per applied event — a 12-byte header + 9 bytes per event
+(a typical 4-event message is 48 bytes serialized).
 """
 from __future__ import annotations
 
