@@ -85,7 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_PASSTHROUGH = {"worker": "agents.worker", "generate": "agents.generate"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _PASSTHROUGH:  # their own argument parsers (faust's, generate's)
+        import importlib
+
+        try:
+            return importlib.import_module(_PASSTHROUGH[argv[0]]).main(argv[1:])
+        except KeyboardInterrupt:
+            return 130
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
