@@ -4,7 +4,7 @@ Fixtures
   kafka_bootstrap  (session)  -> "127.0.0.1:19092"
       Reuses a broker that already answers at $FUNNELWATCH_TEST_BOOTSTRAP (default
       127.0.0.1:19092); otherwise starts one with ``deploy/kafka/kafka.sh up`` on a temporary
-      KAFKA_DATA_DIR and stops it at session end (only if this session started it).
+      KAFKA_DATA_DIR (.run/kafka/test-data-*) and stops it at session end (only if this session started it).
   kafka_admin      (session)  -> KafkaAdmin bound to the bootstrap (sync methods)
   topic_factory    (function) -> make(base, partitions=4, config=None) -> unique topic name
   unique_topics    (function) -> make({"base": partitions, ...}) -> {"base": unique name}
@@ -321,8 +321,17 @@ def _start_local_broker(bootstrap: str) -> tuple[dict[str, str], Path]:
     host, port = _split(bootstrap)
     if host not in LOCAL_HOSTS:
         pytest.fail(f"no Kafka answers at {bootstrap}, and only a 127.0.0.1 broker can be started")
-    data_dir = Path(tempfile.mkdtemp(prefix="funnelwatch-kafka-"))
-    env = dict(os.environ, KAFKA_PORT=str(port), KAFKA_DATA_DIR=str(data_dir))
+    # Under the (git-ignored) run dir, so even a killed session leaves nothing outside
+    # the work tree; `make clean` removes it.
+    # A non-default port gets its own run dir (pid, log), so it never collides with the
+    # broker of `make kafka-up`; the default one shares .run/kafka so `make kafka-down`
+    # (and the trap in .ci/run) can always stop what a killed session left running.
+    default_run_dir = REPO_ROOT / ".run" / ("kafka" if port == 19092 else f"kafka-{port}")
+    run_dir = Path(os.environ.get("KAFKA_RUN_DIR", default_run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(tempfile.mkdtemp(prefix="test-data-", dir=run_dir))
+    env = dict(os.environ, KAFKA_PORT=str(port), KAFKA_DATA_DIR=str(data_dir),
+               KAFKA_RUN_DIR=str(run_dir))
     if port != 19092 and "KAFKA_CONTROLLER_PORT" not in os.environ:
         env["KAFKA_CONTROLLER_PORT"] = str(port + 1)
     t0 = time.monotonic()
