@@ -50,12 +50,34 @@ def parse_ts_us(value: object) -> int | None:
 
 
 def format_ts_us(ts_us: int) -> str:
-    """Format as RFC 3339 UTC with ``Z``; fraction only when non-zero, trailing zeros trimmed."""
-    dt = to_datetime(ts_us)
-    base = f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
-    if dt.microsecond:
-        return f"{base}.{dt.microsecond:06d}".rstrip("0") + "Z"
+    """Format as RFC 3339 UTC with ``Z``; fraction only when non-zero, trailing zeros trimmed.
+
+    Pure integer arithmetic (proleptic Gregorian calendar), so it never raises: a window
+    start or deadline computed from an accepted timestamp may fall outside ``datetime``'s
+    years 1..9999 (a large ``--window``, a long SLA); such years use ISO 8601's expanded
+    form (``-0001``, ``+10000``) instead of crashing the report.
+    """
+    days, rem = divmod(ts_us, 86_400 * US_PER_S)
+    secs, us = divmod(rem, US_PER_S)
+    y, mo, d = _civil_from_days(days)
+    year = f"{y:04d}" if 0 <= y <= 9999 else f"{y:+05d}"
+    base = f"{year}-{mo:02d}-{d:02d}T{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}"
+    if us:
+        return f"{base}.{us:06d}".rstrip("0") + "Z"
     return base + "Z"
+
+
+def _civil_from_days(z: int) -> tuple[int, int, int]:
+    """(year, month, day) of day ``z`` since 1970-01-01 (H. Hinnant's algorithm, any integer)."""
+    z += 719_468
+    era = z // 146_097
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (m <= 2), m, d
 
 
 def to_datetime(ts_us: int) -> datetime:

@@ -677,3 +677,33 @@ def test_every_reason_is_reachable(reason):
     out = normalize(raw, limit) if limit else normalize(raw)
     assert_rejected(out, reason)
     assert out.error and len(out.error) <= 200
+
+
+def test_format_ts_us_matches_datetime_in_range_and_never_raises_outside():
+    from streams.timeparse import format_ts_us, to_datetime
+    rng = random.Random(9)
+    lo, hi = -62135596800 * 1_000_000, 253402300799 * 1_000_000  # 0001-01-01 .. 9999-12-31T23:59:59
+    for i in range(20000):
+        t = rng.randrange(lo, hi)
+        if i % 3 == 0:
+            t -= t % 1_000_000
+        dt = to_datetime(t)
+        want = dt.strftime("%Y-%m-%dT%H:%M:%S")
+        if len(want) < 19:  # strftime does not pad years < 1000 on every platform
+            want = f"{dt.year:04d}" + want[want.index("-"):]
+        if dt.microsecond:
+            want += f".{dt.microsecond:06d}".rstrip("0")
+        assert format_ts_us(t) == want + "Z"
+    # window starts / deadlines beyond datetime's range (huge --window, long SLA) must not crash
+    assert format_ts_us(lo - 1) == "0000-12-31T23:59:59.999999Z"
+    assert format_ts_us(hi + 1_000_000) == "+10000-01-01T00:00:00Z"
+    assert format_ts_us(-(10**20)).endswith("Z")
+
+
+def test_replay_with_a_huge_window_and_old_events_does_not_crash():
+    from streams.report import Replay
+    rp = Replay(window_s=10**11)
+    rp.feed_line(orjson.dumps(as_ev("message-sent", timestamp="1969-12-31T00:00:00Z")))
+    rp.feed_line(orjson.dumps(as_ev("message-sent", timestamp="0001-01-02T00:00:00Z", data={"messageId": "x"})))
+    rows = rp.report()["windows"]
+    assert [(r["window_start"], r["entered"]) for r in rows] == [("-1199-02-15T14:13:20Z", 2)]
