@@ -77,7 +77,8 @@ class Pipeline:
             s.app_id,
             broker=s.broker_urls,
             broker_credentials=s.faust_broker_credentials(),
-            store=s.store,
+            # faust-streaming's `rocksdb://` store runs on rocksdict when it is installed.
+            store="rocksdb://" if s.store.startswith("rocksdict:") else s.store,
             datadir=s.data_dir,
             topic_partitions=s.topic_partitions,
             topic_replication_factor=s.topic_replication_factor,
@@ -104,9 +105,11 @@ class Pipeline:
         self.t_alerts = app.topic(s.topic_alerts, key_serializer="raw", value_serializer="raw")
         self.t_windows = app.topic(s.topic_funnel_windows, key_serializer="raw", value_serializer="raw")
         self.t_dlq = app.topic(s.topic_dead_letters, key_serializer="raw", value_serializer="raw")
-        raw = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-        self.messages = app.Table("messages", default=None, partitions=s.topic_partitions, schema=raw,
+        self.messages = app.Table("messages", default=None, partitions=s.topic_partitions,
+                                  key_type=bytes, value_type=bytes,
                                   help="message key -> lifecycle state (applied events, alert marks)")
+        # Keys and values are already bytes (MessageState.to_bytes): no json codec in the store or changelog.
+        self.messages.key_serializer = self.messages.value_serializer = "raw"
         return app
 
     def _wire(self) -> None:
@@ -121,6 +124,8 @@ class Pipeline:
         self.page("/metrics", self._view_metrics)
         self.page("/funnel", self._view_funnel)
         self.page("/alerts", self._view_alerts)
+        self.page("/health/live", self._view_live)
+        self.page("/health/ready", self._view_ready)
 
     def page(self, path: str, handler: Any) -> None:
         """Register a bound handler ``(web, request)`` as a faust web view (GET)."""
@@ -321,7 +326,7 @@ class Pipeline:
             topic = self.t_events.get_topic_name()
             for k, stage, d in due:
                 kb = k.encode()
-                part = self.app.producer.key_partition(topic, kb)
+                part = self.app.producer.key_partition(topic, kb).partition  # key_partition returns a TP
                 lag = self._lag(TP(topic, part)) + input_lag
                 if in_recovery or lag > self.s.alert_max_lag:
                     if (kb, stage) not in self.suppressed:
@@ -379,7 +384,7 @@ class Pipeline:
         self.stuck_open.clear()
         n = 0
         for key, raw in list(self.messages.data.items()):
-            if not raw or self.app.producer.key_partition(topic, key) not in active:
+            if not raw or self.app.producer.key_partition(topic, key).partition not in active:
                 continue
             st = MessageState.from_bytes(raw)
             source, tenant, mid = split_message_key(key.decode())
@@ -432,6 +437,23 @@ class Pipeline:
             parts.append({(parse_ts_us(r["window_start"]), r["tenant"], r["channel"]): [r[f] for f in _FIELDS]
                           for r in body["windows"]})
         return merge_windows(parts)
+
+    def lags(self) -> dict[str, int]:
+        return {f"{tp.topic}/{tp.partition}": self._lag(tp) for tp in sorted(self.app.consumer.assignment())}
+
+    async def _view_live(self, web, request):
+        """Process and event loop alive, and no agent has crashed (faust issues #175/#523)."""
+        crashed = [a.name for a in self.app.agents.values()
+                   if any(getattr(act, "crashed", False) for act in getattr(a, "_actors", ()))
+                   or getattr(a, "crashed", False)]
+        body = {"live": not crashed, "crashed_agents": crashed}
+        return web.json(body, status=200 if not crashed else 503)
+
+    async def _view_ready(self, web, request):
+        in_recovery = bool(getattr(self.app, "in_recovery", False))
+        ok = self.ready and not in_recovery
+        return web.json({"ready": ok, "derived_state_ready": self.ready, "in_recovery": in_recovery,
+                         "lag": self.lags()}, status=200 if ok else 503)
 
     async def _view_metrics(self, web, request):
         body, ctype = render(self.registry, request.headers.get("Accept"))

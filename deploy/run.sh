@@ -64,7 +64,7 @@ for i in $(seq 1 120); do
     fi
     sleep 1
 done
-curl -fsS -o /dev/null "$BASE/funnel" || { echo "run: worker did not become ready in 120 s" >&2; exit 1; }
+curl -fsS -o /dev/null "$BASE/funnel" && kill -0 "$worker_pid" 2>/dev/null || { echo "run: worker did not become ready in 120 s (see .run/worker.log)" >&2; exit 1; }
 
 echo "run: producing a sample stream (3000 messages of both vendors, some stuck, some bad records)"
 "$FW" generate --messages 3000 --tenants 4 --stuck 0.06 --span-s 1800 --produce
