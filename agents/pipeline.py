@@ -126,6 +126,9 @@ class Pipeline:
         self.page("/alerts", self._view_alerts)
         self.page("/health/live", self._view_live)
         self.page("/health/ready", self._view_ready)
+        from .web import register as register_web_views
+
+        register_web_views(self)
 
     def page(self, path: str, handler: Any) -> None:
         """Register a bound handler ``(web, request)`` as a faust web view (GET)."""
