@@ -130,13 +130,24 @@ class Pipeline:
 
         register_web_views(self)
 
-    def page(self, path: str, handler: Any) -> None:
-        """Register a bound handler ``(web, request)`` as a faust web view (GET)."""
-        async def view(web, request):
-            return await handler(web, request)
+    def page(self, path: str, handler: Any, methods: tuple[str, ...] = ("GET",)) -> None:
+        """Register a handler ``(web, request)`` as a faust web view answering ``methods``.
 
-        view.__name__ = handler.__name__.lstrip("_")
-        self.app.page(path, name=view.__name__)(view)
+        Every view runs behind ``agents.web.guard``: bearer token (``web_token``; not for
+        ``/health/*``, and ``/ingest/*`` checks ``ingest_token``), body cap on POST & co.
+        (``max_event_bytes``, 413), extra agent/consumer checks on ``/health/*``.
+        """
+        from faust.web import View
+
+        from .web import guard
+
+        guarded = guard(self, path, handler)
+
+        async def call(view, request, **_match_info):
+            return await guarded(view, request)
+
+        name = handler.__name__.lstrip("_")
+        self.app.page(path, name=name)(type(name, (View,), {m.lower(): call for m in methods}))
 
     # ------------------------------------------------------------------ ingest
     def _ingest_fn(self, topic: Any):
