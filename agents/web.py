@@ -18,12 +18,15 @@ Views added here:
 
 Guard (:func:`guard`), in this order:
 
-* ``/health/*``: no token. ``/health/live`` additionally turns 503 when an agent task has
-  crashed (faust restarts crashed actors silently, faust issues #175/#523; the record that
-  crashed it is never acknowledged, so its partition's commits are stuck: only a process
-  restart recovers, hence the 503 is sticky), when an agent's supervisor is gone, or when an
-  actor stays dead for more than :data:`DEAD_ACTOR_GRACE_S`. ``/health/ready`` additionally
-  needs the consumer and fetcher running, table recovery completed and no rebalance.
+* ``/health/*``: no token. ``/health/live`` additionally turns 503 as soon as an agent task
+  has raised (faust issues #175/#523: the process lives on, the supervisor quietly starts a
+  new actor that continues *after* the record that crashed it, so that record is neither
+  applied nor dead-lettered and its offset gets committed — data lost without a trace but
+  this probe and the log). The 503 is sticky until the process restarts: a crash is a bug
+  to look at, and the orchestrator's restart count makes it visible. It is also 503 when
+  an agent's supervisor is gone or an actor stays dead longer than
+  :data:`DEAD_ACTOR_GRACE_S`. ``/health/ready`` additionally needs the consumer and fetcher
+  running, table recovery completed and no rebalance in progress.
 * ``/ingest/*``: the ingress token ``settings.ingest_token`` (header ``X-Funnelwatch-Token``,
   ``Authorization: Bearer``, or query ``token``); unset = ingress disabled (404). 401 otherwise.
 * everything else: when ``settings.web_token`` is set, the same three ways of presenting it;
@@ -36,8 +39,8 @@ No view returns PII: message views show kind names, timestamps, stages and count
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import base64
+import hashlib
 import hmac
 import json
 import logging
@@ -657,6 +660,7 @@ def _install_test_crash_hook(pipeline: "Pipeline", kind: str) -> None:
             return _fun(_CrashingStream(stream, kind))
 
         crashing.__name__ = getattr(fun, "__name__", "ingest")
+        crashing.__qualname__ = getattr(fun, "__qualname__", crashing.__name__)
         agent.fun = crashing
 
 

@@ -1,0 +1,196 @@
+"""The dashboard (``GET /``) in headless Chromium, driven by Playwright, against a live worker
+fed the golden scenario: no console errors, the scenario's funnel numbers per channel, the
+period and tenant selectors, the stuck alert, dead letters, and the message search.
+
+Needs Debian's ``chromium`` (``apt-get install -y --no-install-recommends chromium``); the
+Playwright-downloaded browsers are not used. Skipped when chromium or playwright is missing,
+unless ``CI`` is set (then it fails).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.kafka_fixtures import create_topics, delete_topics
+from tests.worker_harness import (
+    BASIC,
+    WorkerPool,
+    delete_app_topics,
+    expected_report,
+    http_get,
+    produce_scenario,
+    wait_until,
+    worker_env,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.browser, pytest.mark.timeout(90)]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+INPUT_PARTITIONS = {"activity_sync": 3, "altcraft": 2}
+OUTPUT_PARTITIONS = {"dead_letters": 1, "alerts": 1, "funnel_windows": 1}
+TOKEN = "dash-" + secrets.token_hex(8)
+STAGES = ("queued", "sent", "delivered", "opened", "clicked", "failed")
+
+
+def _require_browser() -> None:
+    problems = []
+    if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
+        problems.append(f"{CHROMIUM} missing (apt-get install -y --no-install-recommends chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        problems.append("python package playwright missing (pip install -e '.[test]')")
+    if problems:
+        if os.environ.get("CI"):
+            pytest.fail("; ".join(problems))
+        pytest.skip("; ".join(problems))
+
+
+def _api(base: str, path: str) -> tuple[int, Any]:
+    status, body = http_get(base + path, timeout_s=10, headers={"Authorization": f"Bearer {TOKEN}"})
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body
+
+
+def _by_channel(rows: list[dict[str, Any]], tenant: str | None = None) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in rows:
+        if tenant is None or r["tenant"] == tenant:
+            for f in ("entered", *STAGES):
+                out[r["channel"]][f] += r[f]
+    return {ch: dict(v) for ch, v in out.items()}
+
+
+def _shown(page: Any) -> dict[str, dict[str, int]]:
+    """Channel -> {entered, stage: count} as the dashboard shows them (data attributes)."""
+    return page.evaluate("""() => {
+        const out = {};
+        for (const card of document.querySelectorAll('#funnel .card')) {
+            const v = { entered: Number(card.dataset.entered) };
+            for (const row of card.querySelectorAll('.row')) v[row.dataset.stage] = Number(row.dataset.count);
+            out[card.dataset.channel] = v;
+        }
+        return out;
+    }""")
+
+
+def test_dashboard_in_headless_chromium(kafka_bootstrap: str, tmp_path: Path) -> None:
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    suffix = secrets.token_hex(4)
+    app_id = f"fwtest-dash-{suffix}"
+    parts = {**INPUT_PARTITIONS, **OUTPUT_PARTITIONS}
+    topics = {role: f"fwdash-{role.replace('_', '-')}-{suffix}" for role in parts}
+    asyncio.run(create_topics(kafka_bootstrap, {topics[r]: n for r, n in parts.items()}))
+    expected = expected_report()
+    try:
+        with WorkerPool(tmp_path) as pool:
+            w = pool.start("w1", worker_env(app_id=app_id, bootstrap=kafka_bootstrap, topics=topics,
+                                            data_dir=tmp_path / "w1", extra={"FUNNELWATCH_WEB_TOKEN": TOKEN}))
+            wait_until(lambda: w.check_alive() or "Worker ready" in w.log_text(), 60, 0.3, "worker ready")
+            produce_scenario(kafka_bootstrap, topics, INPUT_PARTITIONS, BASIC)
+            wait_until(lambda: _api(w.base_url, "/funnel") == (200, {"windows": expected["windows"]}),
+                       40, 0.5, "funnel == replay report")
+            want_stuck = [(s["tenant"], s["message_id"]) for s in expected["stuck"]]
+            wait_until(lambda: [(a["tenant"], a["message_id"]) for a in _api(w.base_url, "/alerts")[1]["alerts"]]
+                       == want_stuck, 30, 0.5, "the scenario's stuck alert")
+
+            errors: list[str] = []
+            foreign: list[str] = []
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                try:
+                    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                    page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}")
+                            if m.type in ("error", "warning") else None)
+                    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+                    page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+                    page.on("request", lambda r: foreign.append(r.url)
+                            if urlsplit(r.url).netloc not in ("", urlsplit(w.base_url).netloc)
+                            and not r.url.startswith("data:") else None)
+
+                    resp = page.goto(f"{w.base_url}/?token={TOKEN}", wait_until="load")
+                    assert resp is not None and resp.status == 200
+                    assert "default-src 'none'" in resp.headers["content-security-policy"]
+                    page.wait_for_selector("#status[data-loaded=ok]", timeout=15000)
+                    assert "token" not in page.url  # moved to sessionStorage, out of the address bar
+
+                    # Funnel per channel, all tenants, all retained windows (the default period).
+                    want = _by_channel(expected["windows"])
+                    assert _shown(page) == want
+                    email = page.locator('#funnel .card[data-channel="email"]')
+                    assert f"{want['email']['entered']} entered" in email.locator("h3").inner_text()
+                    assert "100.0%" in email.locator('.row[data-stage="sent"]').inner_text()
+
+                    # Dead letters by reason and the open stuck alert.
+                    assert page.inner_text("#dlq-total") == str(sum(expected["input"]["rejected"].values()))
+                    for reason, n in expected["input"]["rejected"].items():
+                        assert page.inner_text(f'#dlq tr[data-reason="{reason}"] td.num') == str(n)
+                    assert page.inner_text("#alerts-total") == "1"
+                    assert "m3" in page.inner_text("#alerts tbody")
+
+                    # Tenant selector.
+                    page.select_option("#tenant", "23")
+                    page.wait_for_function("() => document.querySelectorAll('#funnel .card').length === 2")
+                    assert _shown(page) == _by_channel(expected["windows"], "23")
+                    page.select_option("#tenant", "")
+                    page.wait_for_function("() => document.querySelectorAll('#funnel .card').length === 3")
+
+                    # Period selector: the last hour holds none of the 2024 events; a custom range does.
+                    page.select_option("#period", "1")
+                    page.wait_for_selector("#funnel .empty")
+                    page.select_option("#period", "custom")
+                    page.fill("#from", "2024-08-27T13:00:00")
+                    page.fill("#to", "2024-08-27T14:00:00")
+                    page.click("#refresh")
+                    page.wait_for_function("() => document.querySelectorAll('#funnel .card').length === 3")
+                    assert _shown(page) == want
+                    page.fill("#from", "2024-08-27T14:00:00")
+                    page.fill("#to", "2024-08-27T15:00:00")
+                    page.click("#refresh")
+                    page.wait_for_selector("#funnel .empty")
+                    page.select_option("#period", "all")
+                    page.wait_for_function("() => document.querySelectorAll('#funnel .card').length === 3")
+
+                    # Message search.
+                    page.select_option("#l-source", "activity_sync")
+                    page.fill("#l-tenant", "foo")
+                    page.fill("#l-id", "m2")
+                    page.click("#l-go")
+                    page.wait_for_selector('#message-found[data-message-id="m2"]', timeout=10000)
+                    assert page.inner_text("#message-outcome") == "delivered"
+                    found = page.inner_text("#message-found")
+                    assert "email" in found and "2024-08-27T13:40:00Z" in found and "2 / 1" in found
+
+                    # A click on the stuck alert looks that message up.
+                    page.click("#alerts tbody a.msg")
+                    page.wait_for_selector('#message-found[data-message-id="m3"]', timeout=10000)
+                    assert "STUCK NOW" in page.inner_text("#message-found")
+
+                    shot = tmp_path / "dashboard.png"
+                    page.screenshot(path=str(shot), full_page=True)
+                    assert shot.stat().st_size > 10_000
+                finally:
+                    browser.close()
+            assert errors == []
+            assert foreign == []
+    finally:
+        try:
+            asyncio.run(delete_topics(kafka_bootstrap, list(topics.values())))
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+        delete_app_topics(kafka_bootstrap, app_id)
