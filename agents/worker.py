@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from faust.sensors.prometheus import setup_prometheus_sensors
 
         setup_prometheus_sensors(app, pattern="/faust-metrics")
-    sys.argv = ["funnelwatch", "worker", "--loglevel", settings.log_level.lower(), *argv]
+    level = {"warning": "warn", "critical": "crit"}.get(settings.log_level.lower(), settings.log_level.lower())
+    sys.argv = ["funnelwatch", "worker", "--loglevel", level, *argv]
     app.main()
     return 0
