@@ -26,20 +26,27 @@ SRow = tuple[int, str, str, str]  # (window_start_us, source, tenant, channel)
 class FunnelShare:
     """Funnel rows contributed by the messages this worker owns."""
 
-    __slots__ = ("rows", "dirty")
+    __slots__ = ("rows", "dirty", "touched")
 
     def __init__(self) -> None:
         self.rows: dict[SRow, list[int]] = {}
         self.dirty: set[tuple[int, str, str]] = set()
+        # Row -> processing time of its last change: rows unchanged for `window_retention` are
+        # dropped from views and from funnel-windows (SPEC §5), whatever their event time.
+        self.touched: dict[tuple[int, str, str], int] = {}
 
     def clear(self) -> None:
         for (w, _src, tenant, ch) in self.rows:
             self.dirty.add((w, tenant, ch))
         self.rows.clear()
+        self.touched.clear()
 
-    def apply(self, source: str, delta: Delta) -> None:
+    def apply(self, source: str, delta: Delta, now_us: int) -> None:
         rows = self.rows
+        touched = self.touched
         for (w, tenant, ch), vec in delta:
+            if touched.get((w, tenant, ch), -1) < now_us:
+                touched[(w, tenant, ch)] = now_us
             k = (w, source, tenant, ch)
             acc = rows.get(k)
             if acc is None:
@@ -51,14 +58,18 @@ class FunnelShare:
                 del rows[k]
             self.dirty.add((w, tenant, ch))
 
-    def add_summary(self, tenant: str, s: Summary, window_us: int) -> None:
-        self.apply(s.source, [((s.window_start_us(window_us), tenant, s.channel), s.vector())])
+    def add_summary(self, tenant: str, s: Summary, window_us: int, touched_us: int) -> None:
+        self.apply(s.source, [((s.window_start_us(window_us), tenant, s.channel), s.vector())], touched_us)
 
     def windows(self, *, tenant: str | None = None, channel: str | None = None,
-                from_us: int | None = None, to_us: int | None = None) -> dict[tuple[int, str, str], list[int]]:
+                from_us: int | None = None, to_us: int | None = None,
+                min_touched_us: int | None = None) -> dict[tuple[int, str, str], list[int]]:
         out: dict[tuple[int, str, str], list[int]] = {}
+        touched = self.touched
         for (w, _src, t, ch), vec in self.rows.items():
             if tenant is not None and t != tenant or channel is not None and ch != channel:
+                continue
+            if min_touched_us is not None and touched.get((w, t, ch), 0) < min_touched_us:
                 continue
             if from_us is not None and w < from_us or to_us is not None and w >= to_us:
                 continue

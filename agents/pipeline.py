@@ -20,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from typing import Any
 
 import faust
 import orjson
+from faust.streams import _current_event
 from prometheus_client import CollectorRegistry
 
 from streams.events import CanonicalEvent, Ignored, NonLifecycle, Rejected, split_message_key
@@ -66,6 +68,7 @@ class Pipeline:
         self.suppressed: set[tuple[bytes, str]] = set()
         self.ready = False
         self.inflight = 0
+        self.processed: dict[Any, int] = {}  # TP -> last offset fully processed (lag gate)
         self.last_published: dict[tuple[int, str, str], list[int]] = {}
         self.app = self._make_app()
         self._wire()
@@ -93,6 +96,8 @@ class Pipeline:
             web_stats_enabled=s.web_enable_faust_views,
             web_graph_enabled=s.web_enable_faust_views,
             broker_max_poll_records=2000,
+            broker_session_timeout=s.broker_session_timeout_s,
+            broker_heartbeat_interval=s.broker_heartbeat_interval_s,
             stream_buffer_maxsize=8192,
             consumer_auto_offset_reset="earliest",
         )
@@ -153,79 +158,133 @@ class Pipeline:
     def _ingest_fn(self, topic: Any):
         m = self.metrics
         max_bytes = self.s.max_event_bytes
-        events_topic = self.t_events
-        dlq = self.t_dlq
+        events_name = self.t_events.get_topic_name()
+        producer_send = None
         name = topic.get_topic_name()
+        processed = self.processed
+        batch_max, within_s = self.s.batch_max_events, self.s.batch_within_s
 
         async def ingest(stream):
-            async for event in stream.events():
-                raw = event.value if event.value is not None else b""
-                out = normalize(raw, max_bytes)
-                if type(out) is CanonicalEvent:
-                    m.event(out.source, out.kind.name, True)
-                    await events_topic.send(key=out.key.encode(),
-                                            value=orjson.dumps([OP_EVENT, out.kind.code, out.ts_us]))
-                elif type(out) is Rejected:
-                    src = out.source or "unknown"
-                    if out.source is not None:
-                        m.event(src, metric_kind(src, out.kind), known_kind(src, out.kind))
-                    m.rejected(src, out.reason)
-                    msg = event.message
-                    await dlq.send(key=msg.key, value=raw, headers=[
-                        ("dlq.reason", out.reason.encode()),
-                        ("dlq.source.topic", name.encode()),
-                        ("dlq.source.partition", str(msg.partition).encode()),
-                        ("dlq.source.offset", str(msg.offset).encode()),
-                        ("dlq.error", out.error.encode()),
-                    ])
-                elif type(out) is NonLifecycle:
-                    m.event(out.source, metric_kind(out.source, out.kind), True)
-                    if out.alert is not None:
-                        alert = dict(out.alert)
-                        alert.pop("event_ts_us", None)
-                        alert["detected_at"] = format_ts_us(now_us())
-                        await self.t_alerts.send(key=f"campaign|{alert['tenant']}|{alert['campaign_id']}".encode(),
-                                                 value=orjson.dumps(alert))
-                        m.alert("campaign_error")
-                elif type(out) is Ignored:
-                    m.event(out.source, metric_kind(out.source, out.kind), True)
-                    m.ignored(out.source, out.reason)
+            nonlocal producer_send
+            async for batch in stream.take_events(batch_max, within=within_s):
+                if producer_send is None:
+                    producer_send = self.app.producer.send
+                # Coalesce: one record per message key per batch (events stay in order).
+                out_by_key: dict[bytes, list[int]] = {}
+                for event in batch:
+                    raw = event.value if event.value is not None else b""
+                    out = normalize(raw, max_bytes)
+                    if type(out) is CanonicalEvent:
+                        m.event(out.source, out.kind.name, True)
+                        k = out.key.encode()
+                        rec = out_by_key.get(k)
+                        if rec is None:
+                            out_by_key[k] = [OP_EVENT, out.kind.code, out.ts_us]
+                        else:
+                            rec += (out.kind.code, out.ts_us)
+                    else:
+                        await self._ingest_other(out, raw, event.message, name)
+                for k, rec in out_by_key.items():
+                    await producer_send(events_name, k, orjson.dumps(rec), None, None, None)
+                for event in batch:
+                    processed[event.message.tp] = event.message.offset
+                self._test_crash_hook(batch)
         ingest.__name__ = f"ingest_{name}"
         return ingest
 
+    def _test_crash_hook(self, batch) -> None:
+        """Overridden by agents.web when FUNNELWATCH_TEST_CRASH_KIND is set (tests only)."""
+
+    async def _ingest_other(self, out: Any, raw: bytes, msg: Any, topic_name: str) -> None:
+        m = self.metrics
+        if type(out) is Rejected:
+            src = out.source or "unknown"
+            if out.source is not None:
+                m.event(src, metric_kind(src, out.kind), known_kind(src, out.kind))
+            m.rejected(src, out.reason)
+            await self.t_dlq.send(key=msg.key, value=raw, headers=[
+                ("dlq.reason", out.reason.encode()),
+                ("dlq.source.topic", topic_name.encode()),
+                ("dlq.source.partition", str(msg.partition).encode()),
+                ("dlq.source.offset", str(msg.offset).encode()),
+                ("dlq.error", out.error.encode()),
+            ])
+        elif type(out) is NonLifecycle:
+            m.event(out.source, metric_kind(out.source, out.kind), True)
+            if out.alert is not None:
+                alert = dict(out.alert)
+                alert.pop("event_ts_us", None)
+                alert["detected_at"] = format_ts_us(now_us())
+                await self.t_alerts.send(key=f"campaign|{alert['tenant']}|{alert['campaign_id']}".encode(),
+                                         value=orjson.dumps(alert))
+                m.alert("campaign_error")
+        elif type(out) is Ignored:
+            m.event(out.source, metric_kind(out.source, out.kind), True)
+            m.ignored(out.source, out.reason)
+        else:  # pragma: no cover - a new outcome type is a bug, crash loudly
+            raise TypeError(f"unhandled outcome {type(out).__name__}")
+
     # ------------------------------------------------------------------ lifecycle
     async def _lifecycle(self, stream):
-        async for event in stream.events():
-            key: bytes = event.key
+        processed = self.processed
+        async for batch in stream.take_events(self.s.batch_max_events, within=self.s.batch_within_s):
+            groups: dict[bytes, list] = {}
+            for event in batch:
+                g = groups.get(event.key)
+                if g is None:
+                    groups[event.key] = [event]
+                else:
+                    g.append(event)
+            for key, events in groups.items():
+                # Table writes go to the changelog partition of the "current event": make it this
+                # key's own event (take_events leaves it at the batch's last event).
+                _current_event.set(weakref.ref(events[-1]))
+                await self._on_key_batch(key, events)
+            for event in batch:
+                processed[event.message.tp] = event.message.offset
+            _current_event.set(None)
+
+    async def _on_key_batch(self, key: bytes, events: list) -> None:
+        """Apply every op of one key in this batch; one table write (one changelog record) at most."""
+        state = self._load(key)
+        dirty = False
+        for event in events:
             op = orjson.loads(event.value)
-            if op[0] == OP_EVENT:
-                await self._on_event(key, op[1], op[2])
-            elif op[0] == OP_CHECK:
-                await self._on_check(key, op[1])
-            elif op[0] == OP_EXPIRE:
-                self._on_expire(key)
+            kind = op[0]
+            if kind == OP_EVENT:
+                for i in range(1, len(op), 2):
+                    state, changed = await self._on_event(key, state, op[i], op[i + 1])
+                    dirty |= changed
+            elif kind == OP_CHECK:
+                if state is not None:
+                    dirty |= await self._on_check(key, state, op[1])
+            elif kind == OP_EXPIRE:
+                if state is not None and self._on_expire(key, state):
+                    state, dirty = None, False
+        if dirty and state is not None:
+            self.messages[key] = state.to_bytes()
 
     def _load(self, key: bytes) -> MessageState | None:
         raw = self.messages.get(key)
         return MessageState.from_bytes(raw) if raw else None
 
-    async def _on_event(self, key: bytes, code: int, ts_us: int) -> None:
+    async def _on_event(self, key: bytes, state: MessageState | None, code: int,
+                        ts_us: int) -> tuple[MessageState | None, bool]:
         source, tenant, mid = split_message_key(key.decode())
         ev = CanonicalEvent(source, tenant, mid, KINDS[code], ts_us)
-        state = self._load(key)
         now = now_us()
         res = apply(state, ev, window_us=self.window_us, now_us=now)
         m = self.metrics
         if res.duplicate:
             m.duplicate(source)
-            return
+            return state, False
         new = res.new
         assert new is not None
         if state is None:
             self.inflight += 1
             m.inflight_set(self.inflight)
             m.tenants.label(tenant, "funnel_stage_reached_total")  # admit, or count the overflow once
-        self.share.apply(source, res.delta)
+        self.share.apply(source, res.delta, now)
         if res.out_of_order:
             m.out_of_order()
         if res.moved or ts_us < now - self.window_us:
@@ -237,8 +296,8 @@ class Pipeline:
                 m.latency(new.channel, STAGES[a], STAGES[b], (new.reached[b] - new.reached[a]) / US_PER_S)
         st = res.state
         await self._maybe_resolve(key, tenant, mid, st, new, now)
-        self.messages[key] = st.to_bytes()
         self._schedule(key, tenant, st, new)
+        return st, True
 
     def _schedule(self, key: bytes, tenant: str, st: MessageState, s: Summary) -> None:
         d = deadline(s, tenant, self.slas)
@@ -268,61 +327,68 @@ class Pipeline:
                     await self.t_alerts.send(key=key, value=orjson.dumps(alert))
                     self.metrics.alert("resolved")
                     st.alerted |= 1 << (rank + _RESOLVED_SHIFT)
+                    self.suppressed.discard((key, STAGES[rank]))
 
-    async def _on_check(self, key: bytes, rank: int) -> None:
-        st = self._load(key)
-        if st is None or st.alerted & (1 << rank):
-            return
+    async def _on_check(self, key: bytes, st: MessageState, rank: int) -> bool:
+        """A due deadline came back through the message's partition: alert once if still stuck."""
+        if st.alerted & (1 << rank):
+            return False
         source, tenant, mid = split_message_key(key.decode())
         s = summarize(source, st.events)
         d = deadline(s, tenant, self.slas)
         now = now_us()
         if d is None or STAGE_RANK[d.stage] != rank:
-            return
+            return False
         if now <= d.deadline_us:
             self.deadlines.schedule(key.decode(), d.deadline_us, d.stage)
-            return
+            return False
         alert = {"type": "stuck", "source": source, "tenant": tenant, "channel": s.channel, "message_id": mid,
                  "stage": d.stage, "since": format_ts_us(d.since_us), "deadline": format_ts_us(d.deadline_us),
                  "detected_at": format_ts_us(now), "sla_seconds": d.sla_s}
         await self.t_alerts.send(key=key, value=orjson.dumps(alert))
         st.alerted |= 1 << rank
-        self.messages[key] = st.to_bytes()
         self.metrics.alert("stuck")
         self.metrics.stuck_inc(tenant, s.channel, d.stage)
         self.stuck_open[key] = alert
+        return True
 
-    def _on_expire(self, key: bytes) -> None:
-        st = self._load(key)
-        if st is None:
-            return
+    def _on_expire(self, key: bytes, st: MessageState) -> bool:
+        """Delete the state if it is past retention (True), else re-arm its expiry."""
         now = now_us()
-        if now - st.touched_us <= self.s.message_retention_s * US_PER_S:
-            self.expiry.schedule(key.decode(), st.touched_us + self.s.message_retention_s * US_PER_S, "expire")
-            return
+        retention_us = self.s.message_retention_s * US_PER_S
+        if now - st.touched_us <= retention_us:
+            self.expiry.schedule(key.decode(), st.touched_us + retention_us, "expire")
+            return False
         source, tenant, _ = split_message_key(key.decode())
         s = summarize(source, st.events)
-        self.share.apply(source, contribution_delta(tenant, self.window_us, s, None))
+        self.share.apply(source, contribution_delta(tenant, self.window_us, s, None), now)
         self.collector.retire(source, tenant, s.channel, s.vector())
         self.messages.pop(key, None)
         self.deadlines.cancel(key.decode())
+        for stage in ("queued", "sent"):
+            self.suppressed.discard((key, stage))
         opened = self.stuck_open.pop(key, None)
         if opened is not None:
             self.metrics.stuck_dec(tenant, opened["channel"], opened["stage"])
         self.inflight -= 1
         self.metrics.inflight_set(self.inflight)
+        return True
 
     # ------------------------------------------------------------------ timers
     def _lag(self, tp) -> int:
+        """Records not yet *processed* (not merely buffered) in an assigned partition."""
         consumer = self.app.consumer
         try:
             hw = consumer.highwater(tp)
-            pos = consumer._read_offset.get(tp)  # last offset read by the stream, None if nothing
         except Exception:  # noqa: BLE001 - not assigned (yet): treat as lagging
             return 1 << 62
         if hw is None:
             return 0
-        return max(0, hw - (pos + 1 if pos is not None else 0))
+        done = self.processed.get(tp)
+        if done is not None:
+            return max(0, hw - (done + 1))
+        committed = consumer._committed_offset.get(tp)  # next offset to read, as committed
+        return max(0, hw - (committed or 0))
 
     def _input_lag(self) -> int:
         names = {self.t_as.get_topic_name(), self.t_ac.get_topic_name()}
@@ -338,10 +404,13 @@ class Pipeline:
             in_recovery = bool(getattr(self.app, "in_recovery", False))
             input_lag = self._input_lag()
             topic = self.t_events.get_topic_name()
+            lags: dict[int, int] = {}  # one snapshot per tick: this tick's own checks don't count
             for k, stage, d in due:
                 kb = k.encode()
                 part = self.app.producer.key_partition(topic, kb).partition  # key_partition returns a TP
-                lag = self._lag(TP(topic, part)) + input_lag
+                lag = lags.get(part)
+                if lag is None:
+                    lag = lags[part] = self._lag(TP(topic, part)) + input_lag
                 if in_recovery or lag > self.s.alert_max_lag:
                     if (kb, stage) not in self.suppressed:
                         self.suppressed.add((kb, stage))
@@ -362,17 +431,21 @@ class Pipeline:
         except Exception as exc:  # noqa: BLE001 - a peer is down or rebalancing: try next interval
             log.warning("funnel-windows publish skipped: %s", exc)
             return
-        cutoff = now_us() - self.s.window_retention_s * US_PER_S
         for k, vec in sorted(windows.items()):
-            if k[0] + self.window_us < cutoff or self.last_published.get(k) == vec:
+            if self.last_published.get(k) == vec:
                 continue
             row = rows_json({k: vec})[0] if vec[0] else None
             key = f"{row['window_start'] if row else format_ts_us(k[0])}|{k[1]}|{k[2]}".encode()
             await self.t_windows.send(key=key, value=orjson.dumps(row) if row else None)
             self.last_published[k] = vec
         for k in list(self.last_published):
-            if k not in windows:
+            if k not in windows:  # dropped (retention or expiry): tombstone for compacted consumers
+                await self.t_windows.send(key=f"{format_ts_us(k[0])}|{k[1]}|{k[2]}".encode(), value=None)
                 del self.last_published[k]
+
+    def _retention_floor_us(self) -> int:
+        """Rows unchanged since before this (processing time) are past `window_retention`."""
+        return now_us() - self.s.window_retention_s * US_PER_S
 
     def _owns_partition0(self) -> bool:
         topic = self.t_events.get_topic_name()
@@ -381,6 +454,7 @@ class Pipeline:
     # ------------------------------------------------------------------ rebalance
     async def _on_revoked(self, *args: Any, **kwargs: Any) -> None:
         self.ready = False
+        self.processed.clear()
 
     async def _on_rebalance_complete(self, *args: Any, **kwargs: Any) -> None:
         self.rebuild()
@@ -403,7 +477,7 @@ class Pipeline:
             st = MessageState.from_bytes(raw)
             source, tenant, mid = split_message_key(key.decode())
             s = summarize(source, st.events)
-            self.share.add_summary(tenant, s, self.window_us)
+            self.share.add_summary(tenant, s, self.window_us, st.touched_us)
             self._schedule(key, tenant, st, s)
             for rank in (0, 1):
                 if st.alerted & (1 << rank) and not st.alerted & (1 << (rank + _RESOLVED_SHIFT)):
@@ -412,7 +486,8 @@ class Pipeline:
                         self.stuck_open[key] = {"type": "stuck", "source": source, "tenant": tenant,
                                                 "channel": s.channel, "message_id": mid, "stage": d.stage,
                                                 "since": format_ts_us(d.since_us),
-                                                "deadline": format_ts_us(d.deadline_us), "sla_seconds": d.sla_s}
+                                                "deadline": format_ts_us(d.deadline_us),
+                                                "detected_at": None, "sla_seconds": d.sla_s}
                         self.metrics.stuck_inc(tenant, s.channel, d.stage)
             n += 1
         self.inflight = n
@@ -446,7 +521,7 @@ class Pipeline:
 
     async def gather_windows(self, query: dict[str, str]) -> dict[tuple[int, str, str], list[int]]:
         params = {k: v for k, v in query.items() if k in ("tenant", "channel", "from", "to")}
-        parts = [self.share.windows(**_filters(query))]
+        parts = [self.share.windows(**_filters(query), min_touched_us=self._retention_floor_us())]
         for body in await self._gather_peers("/funnel", params):
             parts.append({(parse_ts_us(r["window_start"]), r["tenant"], r["channel"]): [r[f] for f in _FIELDS]
                           for r in body["windows"]})
@@ -482,7 +557,8 @@ class Pipeline:
         if not self.ready:
             return web.json({"error": "worker is rebalancing or recovering; retry"}, status=503)
         if q.get("local") == "1":
-            return web.json({"windows": rows_json({k: v for k, v in self.share.windows(**_filters(q)).items()}),
+            return web.json({"windows": rows_json({k: v for k, v in self.share.windows(
+                **_filters(q), min_touched_us=self._retention_floor_us()).items()}),
                              "partial": True})
         try:
             windows = await self.gather_windows(q)

@@ -150,6 +150,12 @@ class Settings(BaseSettings):
     alert_max_lag: int = Field(1000, ge=0)
     alert_tick_s: float = Field(1.0, gt=0)
     max_tenants_label: int = Field(50, ge=0)
+    # Hot path: events are processed in batches of up to this many, waiting at most this long.
+    batch_max_events: int = Field(1000, ge=1)
+    batch_within_s: float = Field(0.05, gt=0)
+    # Group membership: how fast a crashed worker's partitions move to the others.
+    broker_session_timeout_s: float = Field(30.0, gt=0)
+    broker_heartbeat_interval_s: float = Field(3.0, gt=0)
 
     # -- SLAs (SPEC §6) -------------------------------------------------------------------
     #: channel -> stage (``queued``/``sent``) -> seconds; overrides merge onto the defaults.

@@ -626,42 +626,21 @@ def make_dashboard_view(pipeline: "Pipeline") -> Handler:
 # ------------------------------------------------------------------------- test hook
 
 
-class _CrashingStream:
-    """Test-only: a stream proxy whose ``events()`` raises on a record of one kind/event_type."""
-
-    def __init__(self, stream: Any, kind: str) -> None:
-        self._stream = stream
-        self._kind = kind
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-    async def events(self):  # type: ignore[no-untyped-def]
-        async for event in self._stream.events():
-            try:
-                obj = orjson.loads(event.value or b"")
-                kind = obj.get("kind") or obj.get("event_type") if isinstance(obj, dict) else None
-            except orjson.JSONDecodeError:
-                kind = None
-            if kind == self._kind:
-                raise RuntimeError("FUNNELWATCH_TEST_CRASH_KIND: test-only agent crash")
-            yield event
-
-
 def _install_test_crash_hook(pipeline: "Pipeline", kind: str) -> None:
     log.warning("FUNNELWATCH_TEST_CRASH_KIND is set: ingest agents crash on records of kind %r "
                 "(test-only; never set it in production)", kind)
-    for agent in list(pipeline.app.agents.values()):
-        if not agent.name.startswith("ingest"):
-            continue
-        fun = agent.fun
 
-        def crashing(stream: Any, _fun: Any = fun) -> Any:
-            return _fun(_CrashingStream(stream, kind))
+    def crash_on_kind(batch: Any) -> None:
+        for event in batch:
+            try:
+                obj = orjson.loads(event.value or b"")
+                k = (obj.get("kind") or obj.get("event_type")) if isinstance(obj, dict) else None
+            except orjson.JSONDecodeError:
+                k = None
+            if k == kind:
+                raise RuntimeError("FUNNELWATCH_TEST_CRASH_KIND: test-only agent crash")
 
-        crashing.__name__ = getattr(fun, "__name__", "ingest")
-        crashing.__qualname__ = getattr(fun, "__qualname__", crashing.__name__)
-        agent.fun = crashing
+    pipeline._test_crash_hook = crash_on_kind  # type: ignore[method-assign]
 
 
 # ----------------------------------------------------------------------------- register

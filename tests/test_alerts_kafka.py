@@ -434,16 +434,13 @@ def test_sigkill_restart_no_duplicates_and_missed_deadlines_fire(alert_env: dict
     print(f"[alerts] SIGKILL test took {time.monotonic() - t_start:.1f}s")
 
 
-BUFFERED_LAG_BUG = (
-    "agents/pipeline.py Pipeline._lag measures lag from consumer._read_offset, which faust advances "
-    "when a record enters the agent's stream buffer, not when it has been processed: with a slow "
-    "(dead-letter) stretch in the backlog the gate opens while hundreds of records, including the "
-    "deliveries, are still unprocessed, and their messages get false stuck alerts")
+# The dead-letter stretch guards a fixed bug: the gate once used faust's read offsets, which
+# advance when a record is *buffered*, so it opened while deliveries were still unprocessed.
 
 
 @pytest.mark.parametrize(("n_stuck", "n_ok", "filler"), [
     (3000, 300, 0),
-    pytest.param(1000, 200, 7000, marks=pytest.mark.xfail(reason=BUFFERED_LAG_BUG, strict=False)),
+    (1000, 200, 7000),
 ], ids=["plain", "dead-letter-stretch"])
 def test_backlog_gating_alerts_only_after_catch_up(alert_env: dict, n_stuck: int, n_ok: int, filler: int) -> None:
     """A backlog produced before the worker starts: no stuck alert while the consumer lags
