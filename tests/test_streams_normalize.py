@@ -707,3 +707,46 @@ def test_replay_with_a_huge_window_and_old_events_does_not_crash():
     rp.feed_line(orjson.dumps(as_ev("message-sent", timestamp="0001-01-02T00:00:00Z", data={"messageId": "x"})))
     rows = rp.report()["windows"]
     assert [(r["window_start"], r["entered"]) for r in rows] == [("-1199-02-15T14:13:20Z", 2)]
+
+
+# ---- the fast timestamp path agrees with parse_ts_us -------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from streams.normalize import _ts  # noqa: E402
+from streams.timeparse import parse_ts_us  # noqa: E402
+
+_TS_PIECES = st.lists(st.sampled_from(
+    ["2024-08-27", "T", "t", " ", "13:25", ":04", ":60", ":5", ".913", ".034315796", ".1234567890", ".", ",5",
+     "Z", "z", "+00:00", "-00:00", "+05:30", "-08:00", "+23:59", "+24:00", "+0530", "0", "9", "٢", "²", "-",
+     "9999-12-30", "0001-01-01", "0001-01-02", "1969-12-31", "23:59", "00:00", ":59", ":00", "\x00"]),
+    max_size=8).map("".join)
+
+
+_TS_TAILS = st.tuples(
+    st.sampled_from(["2024-08-27T13:25", "2024-08-27t13:25", "2024-08-27 13:25", "9999-12-29T23:59",
+                     "0001-01-02T00:00", "1969-12-31T23:59", "2024-02-29T00:00"]),
+    st.sampled_from([":04", ":59", ":60", ":4", "", ":0٤"]),
+    st.sampled_from(["", ".", ".9", ".913", ".034315796", ".0343157961", ".1²", ",5", ".-1"]),
+    st.sampled_from(["Z", "z", "+00:00", "-00:00", "+05:30", "-23:59", "+24:00", "+05:60", "+0530", "", "ZZ"]),
+).map("".join)
+
+
+@settings(max_examples=1500, deadline=None, database=None)
+@given(st.one_of(_TS_TAILS, _TS_PIECES, st.text(max_size=32)))
+def test_fast_timestamp_path_agrees_with_parse_ts_us(text):
+    assert _ts(text) == parse_ts_us(text)
+    assert _ts(text) == parse_ts_us(text)  # second call: the minute may now be cached
+
+
+def test_fast_timestamp_path_edges():
+    edge = ["2024-08-27T13:25:04Z", "2024-08-27T13:25:04.Z", "2024-08-27T13:25:04.1234567890Z",
+            "2024-08-27T13:25:60Z", "2024-08-27T13:25:4Z", "2024-08-27T13:25:04.1²Z", "2024-08-27T13:25:04,5Z",
+            "2024-08-27T13:25:04.5+24:00", "2024-08-27T13:25:04.5+23:59", "2024-08-27T13:25:04 +00:00",
+            "9999-12-29T23:59:59.999999-23:59", "9999-12-29T23:59:59+00:00", "9999-12-30T00:00:00Z",
+            "9999-12-30T00:00:01Z", "0001-01-02T00:00:00Z", "0001-01-02T00:00:00+00:01",
+            "0001-01-02T23:59:00-00:01", "0001-01-03T00:00:00+23:59", "2024-08-27T13:25:04.913+00:00x",
+            "2024-08-27T13:25:04.000000999Z", "2024-08-27T13:25:04.9Z"]
+    for _ in range(2):
+        for v in edge:
+            assert _ts(v) == parse_ts_us(v), v
