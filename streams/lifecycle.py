@@ -12,8 +12,9 @@ last touched, and ``(kind code, timestamp)`` per applied event — a 12-byte hea
 from __future__ import annotations
 
 import struct
-from bisect import insort
+from bisect import bisect_left
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import StateCorrupt
 from .events import CanonicalEvent
@@ -71,16 +72,25 @@ class MessageState:
 
     def add(self, ev: CanonicalEvent) -> bool:
         """Add an event to the set; False if an identical one was already applied (duplicate)."""
-        ident = (ev.ts_us, ev.kind.code)
-        if ident in self.events:
+        return self.add_ident(ev.ts_us, ev.kind.code)
+
+    def add_ident(self, ts_us: int, code: int) -> bool:
+        """:meth:`add` for an event given as its identity within the message: (timestamp, kind code)."""
+        ident = (ts_us, code)
+        events = self.events
+        if not events or ident > events[-1]:  # the common case: in order
+            events.append(ident)
+            return True
+        i = bisect_left(events, ident)
+        if events[i] == ident:
             return False
-        insort(self.events, ident)
+        events.insert(i, ident)
         return True
 
 
-@dataclass(slots=True, frozen=True)
-class Summary:
-    """What a message's applied events add up to."""
+class Summary(NamedTuple):
+    """What a message's applied events add up to. Immutable (a named tuple: cheap to build,
+    which matters as ``apply`` builds two per event and a replay one per message)."""
 
     source: str
     channel: str
@@ -107,16 +117,14 @@ class Summary:
         return self.entry_us // window_us * window_us
 
     def vector(self) -> tuple[int, ...]:
-        v = [0] * N_FIELDS
-        v[0] = 1
+        """The message's contribution to its funnel row, in ``VECTOR_FIELDS`` order."""
+        v = [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, self.opens_total, self.clicks_total]  # entered = 1
         for rank in self.reached:
             v[1 + rank] = 1
         if self.failed:
             v[_I_FAILED] = 1
         for a in self.annotations:
             v[_I_ANN[a]] = 1
-        v[_I_OPENS] = self.opens_total
-        v[_I_CLICKS] = self.clicks_total
         return tuple(v)
 
 
@@ -132,6 +140,16 @@ def _implied(source: str, channel: str, rank: int) -> tuple[int, ...]:
 
 
 _IMPLIED = {(src, ch, r): _implied(src, ch, r) for src in SOURCE_MIN_STAGE for ch in LADDERS for r in range(5)}
+# Per (source, channel): for each kind code, the stage ranks its event reaches or implies (empty
+# for failures and annotations). Per kind code: what else it does — "failed", an annotation name,
+# "open"/"click" (a total), or None. Two tuple lookups per event instead of attribute chains.
+_IMPLIED_BY_CODE = {
+    (src, ch): tuple(_IMPLIED[(src, ch, STAGE_RANK[k.effect])] if k.effect in STAGE_RANK else () for k in KINDS)
+    for src in SOURCE_MIN_STAGE for ch in LADDERS
+}
+_EXTRA = tuple(k.total if k.effect in STAGE_RANK else k.effect for k in KINDS)
+_CHANNEL = tuple(k.channel for k in KINDS)
+_new_summary = tuple.__new__
 
 
 def summarize(source: str, events: list[tuple[int, int]]) -> Summary:
@@ -139,39 +157,41 @@ def summarize(source: str, events: list[tuple[int, int]]) -> Summary:
     if not events:
         raise ValueError("a message without applied events has no summary")
     channel = "unknown"
-    for ts, code in events:  # sorted: the first channel-bearing event (earliest, lowest code) wins
-        ch = KINDS[code].channel
+    for _, code in events:  # sorted: the first channel-bearing event (earliest, lowest code) wins
+        ch = _CHANNEL[code]
         if ch is not None:
             channel = ch
             break
+    implied = _IMPLIED_BY_CODE[(source, channel)]
+    extra = _EXTRA
     reached: dict[int, int] = {}
     failure_seen = False
     failed_at = None
-    ann: set[str] = set()
+    ann: set[str] | None = None
     opens = clicks = 0
     for ts, code in events:
-        k = KINDS[code]
-        rank = STAGE_RANK.get(k.effect)
-        if rank is not None:
-            for s in _IMPLIED[(source, channel, rank)]:
-                if s not in reached:  # events are sorted by time: first evidence is the earliest
-                    reached[s] = ts
-        elif k.effect == "failed":
-            if not failure_seen:
-                failure_seen, failed_at = True, ts
-        else:
-            ann.add(k.effect)
-        if k.total == "open":
-            opens += 1
-        elif k.total == "click":
-            clicks += 1
+        for s in implied[code]:
+            if s not in reached:  # events are sorted by time: first evidence is the earliest
+                reached[s] = ts
+        x = extra[code]
+        if x is not None:
+            if x == "open":
+                opens += 1
+            elif x == "click":
+                clicks += 1
+            elif x == "failed":
+                if not failure_seen:
+                    failure_seen, failed_at = True, ts
+            elif ann is None:
+                ann = {x}
+            else:
+                ann.add(x)
     delivered = DELIVERED in reached
-    return Summary(
-        source=source, channel=channel, entry_us=events[0][0], last_us=events[-1][0], reached=reached,
-        failed=failure_seen and not delivered, failure_seen=failure_seen,
-        conflicting=failure_seen and delivered, failed_at=failed_at,
-        annotations=tuple(a for a in ANNOTATIONS if a in ann), opens_total=opens, clicks_total=clicks,
-    )
+    return _new_summary(Summary, (  # Summary(...) without the Python-level __new__ frame
+        source, channel, events[0][0], events[-1][0], reached,
+        failure_seen and not delivered, failure_seen, failure_seen and delivered, failed_at,
+        tuple(a for a in ANNOTATIONS if a in ann) if ann else (), opens, clicks,
+    ))
 
 
 RowKey = tuple[int, str, str]  # (window_start_us, tenant, channel)
