@@ -357,3 +357,22 @@ def test_apply_sets_touched_to_processing_time():
 def test_summarize_refuses_an_empty_set():
     with pytest.raises(ValueError):
         summarize("activity_sync", [])
+
+
+def test_add_ident_keeps_the_set_sorted_and_unique():
+    rng = random.Random(3)
+    st = MessageState()
+    seen = set()
+    for _ in range(2000):
+        ident = (T0 + rng.randrange(50) * S, rng.randrange(7))
+        assert st.add_ident(*ident) == (ident not in seen)
+        seen.add(ident)
+    assert st.events == sorted(seen)
+
+
+def test_summary_is_immutable():
+    s = summary_of(ev("message-sent", T0))
+    with pytest.raises(AttributeError):
+        s.channel = "sms"  # type: ignore[misc]
+    assert s == summary_of(ev("message-sent", T0))
+    assert s.window_start_us(W) == T0 and s.highest == 1 and not s.delivered

@@ -750,3 +750,20 @@ def test_fast_timestamp_path_edges():
     for _ in range(2):
         for v in edge:
             assert _ts(v) == parse_ts_us(v), v
+
+
+def test_normalize_lite_agrees_with_normalize():
+    from streams.normalize import normalize_lite
+    rng = random.Random(17)
+    lines = [orjson.dumps(m) for s in all_samples() for m in [s, *_mutations(s, rng)]]
+    lines += [b"", b"{", b"[]", b"x" * 100]
+    kinds = set()
+    for raw in lines:
+        full, lite = normalize(raw), normalize_lite(raw)
+        if type(full) is CanonicalEvent:
+            assert lite == (full.source, full.tenant, full.message_id, full.kind, full.ts_us)
+        else:
+            assert lite == full
+        kinds.add(type(full).__name__)
+    assert kinds == {"CanonicalEvent", "NonLifecycle", "Ignored", "Rejected"}
+    assert normalize_lite(b"{}" * 10, 5) == normalize(b"{}" * 10, 5)

@@ -174,3 +174,46 @@ def test_every_counted_line_lands_in_exactly_one_bucket(items, data):
     assert all(v > 0 for m in ("rejected", "ignored", "non_lifecycle") for v in inp[m].values())
     assert sum(r["entered"] for r in rep["windows"]) <= inp["applied"]
     assert b"private detail" not in dumps_report(rep) and b"alice@example.org" not in dumps_report(rep)
+
+
+@PROPS
+@given(items=st.lists(st.one_of(any_event().map(orjson.dumps), garbage), max_size=40))
+def test_bulk_line_and_event_feeds_agree(items):
+    import gc
+
+    from streams.normalize import normalize_obj
+
+    bulk = Replay()
+    bulk.feed_lines(line + b"\n" for line in items)
+    single = Replay()
+    for line in items:
+        single.feed_line(line)
+    assert dumps_report(bulk.report()) == dumps_report(single.report())
+    assert gc.isenabled()
+    # feed_event (CanonicalEvent objects) reaches the same windows and stuck
+    by_event = Replay()
+    for line in items:
+        try:
+            out = normalize_obj(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            continue
+        if type(out) is CanonicalEvent:
+            by_event.feed_event(out)
+    a, b = bulk.report(), by_event.report()
+    assert (a["windows"], a["stuck"]) == (b["windows"], b["stuck"])
+
+
+def test_gc_is_restored_when_the_stream_fails():
+    import gc
+
+    def broken():
+        yield b'{"event_type": "send"}'
+        raise OSError("disk gone")
+
+    rp = Replay()
+    assert gc.isenabled()
+    try:
+        rp.feed_lines(broken())
+    except OSError:
+        pass
+    assert gc.isenabled() and rp.lines == 1
