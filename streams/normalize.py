@@ -122,35 +122,35 @@ def _ts(value: object) -> int | None:
     """``parse_ts_us(value)``, faster for the common forms (the tests check they agree)."""
     if type(value) is not str:
         return parse_ts_us(value)
+    n = len(value)
     if value[-1:] == "Z":
-        body, offset = value[:-1], 0
+        end, offset = n - 1, 0
     else:
         offset = _TS_OFFSETS.get(value[-6:])  # type: ignore[assignment]
         if offset is None:
             return parse_ts_us(value)
-        body = value[:-6]
-    base = _TS_MINUTES.get(body[:16])
-    if base is not None:  # a cached, valid minute: only ":SS[.fraction]" is left to check
-        sec = _TS_SECONDS.get(body[16:19])
+        end = n - 6
+    base = _TS_MINUTES.get(value[:16])
+    if base is not None:  # a cached, valid minute: only ":SS[.fraction]" before the zone is left
+        sec = _TS_SECONDS.get(value[16:19])
         if sec is not None:
-            n = len(body)
-            if n == 19:
+            if end == 19:
                 return (base + sec - offset) * US_PER_S
-            if 20 < n <= 29 and body[19] == ".":
-                frac = body[20:]  # 1..9 characters
+            if 20 < end <= 29 and value[19] == ".":
+                frac = value[20:end]  # 1..9 characters
                 if not frac.strip(_DIGITS):  # ASCII digits only
                     return (base + sec - offset) * US_PER_S + int((frac + "00000")[:6])
         return parse_ts_us(value)
     ts = parse_ts_us(value)
     if ts is not None:
-        minute = parse_ts_us(body[:16] + ":00Z")
+        minute = parse_ts_us(value[:16] + ":00Z")
         # Cache only minutes a day or more inside the accepted range: then no second and no offset
         # can leave it, and the fast path needs no range check.
-        if (minute is not None and parse_ts_us(body[:16] + ":00+23:59") is not None
-                and parse_ts_us(body[:16] + ":59.999999-23:59") is not None):
+        if (minute is not None and parse_ts_us(value[:16] + ":00+23:59") is not None
+                and parse_ts_us(value[:16] + ":59.999999-23:59") is not None):
             if len(_TS_MINUTES) >= _TS_MINUTES_MAX:
                 _TS_MINUTES.clear()
-            _TS_MINUTES[body[:16]] = minute // US_PER_S
+            _TS_MINUTES[value[:16]] = minute // US_PER_S
     return ts
 
 
