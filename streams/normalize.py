@@ -36,8 +36,11 @@ def detect_source(obj: dict) -> str | None:
 
 def normalize(raw: bytes | str, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Outcome:
     """Classify one raw record. Never raises for any input bytes."""
-    if len(raw) > max_event_bytes:
-        return Rejected("too_large", f"record of {len(raw)} bytes exceeds max_event_bytes={max_event_bytes}")
+    size = len(raw)
+    if type(raw) is str and size <= max_event_bytes < 4 * size:
+        size = len(raw.encode("utf-8", "surrogatepass"))  # the limit is in bytes, not characters
+    if size > max_event_bytes:
+        return Rejected("too_large", f"record of {size} bytes exceeds max_event_bytes={max_event_bytes}")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -61,8 +64,11 @@ def normalize_lite(raw: bytes | str, max_event_bytes: int = DEFAULT_MAX_EVENT_BY
     """:func:`normalize` for bulk consumers (replay): same checks, same outcomes, except that a
     lifecycle event comes back as a plain ``LiteEvent`` tuple, without the optional context
     fields (flow, campaign, experience) that building a ``CanonicalEvent`` would extract."""
-    if len(raw) > max_event_bytes:
-        return Rejected("too_large", f"record of {len(raw)} bytes exceeds max_event_bytes={max_event_bytes}")
+    size = len(raw)
+    if type(raw) is str and size <= max_event_bytes < 4 * size:
+        size = len(raw.encode("utf-8", "surrogatepass"))  # the limit is in bytes, not characters
+    if size > max_event_bytes:
+        return Rejected("too_large", f"record of {size} bytes exceeds max_event_bytes={max_event_bytes}")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -767,3 +767,14 @@ def test_normalize_lite_agrees_with_normalize():
         kinds.add(type(full).__name__)
     assert kinds == {"CanonicalEvent", "NonLifecycle", "Ignored", "Rejected"}
     assert normalize_lite(b"{}" * 10, 5) == normalize(b"{}" * 10, 5)
+
+
+def test_too_large_counts_bytes_of_a_str_record():
+    from streams.normalize import normalize_lite
+    text = '{"kind": "x", "tenantId": "' + "é" * 60 + '"}'  # 89 characters, 149 UTF-8 bytes
+    assert len(text) < 100 < len(text.encode())
+    for f in (normalize, normalize_lite):
+        assert_rejected(f(text, 100), "too_large")
+        assert "149 bytes" in f(text, 100).error
+        assert f(text, 200) == f(text.encode(), 200)
+        assert_rejected(f("\ud800" * 40, 100), "too_large")  # lone surrogates: counted, never raises
