@@ -25,6 +25,7 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
 from prometheus_client import CollectorRegistry
 
@@ -41,7 +42,7 @@ from .settings import Settings
 
 log = logging.getLogger("funnelwatch")
 
-OP_EVENT, OP_CHECK, OP_EXPIRE = 0, 1, 2
+OP_EVENT, OP_CHECK, OP_EXPIRE, OP_BUNDLE = 0, 1, 2, 3
 _RESOLVED_SHIFT = 4  # alerted bits: 1<<rank = stuck alert sent; 1<<(rank+4) = resolved sent
 _LATENCY_PAIRS = ((0, 1), (1, 2), (2, 3), (2, 4))  # queued→sent, sent→delivered, delivered→opened/clicked
 
@@ -69,6 +70,7 @@ class Pipeline:
         self.ready = False
         self.inflight = 0
         self.processed: dict[Any, int] = {}  # TP -> last offset fully processed (lag gate)
+        self._partition_cache: dict[str, int] = {}
         self.last_published: dict[tuple[int, str, str], list[int]] = {}
         self.app = self._make_app()
         self._wire()
@@ -96,6 +98,8 @@ class Pipeline:
             web_stats_enabled=s.web_enable_faust_views,
             web_graph_enabled=s.web_enable_faust_views,
             broker_max_poll_records=2000,
+            producer_linger=s.producer_linger_s,
+            producer_max_batch_size=s.producer_max_batch_bytes,
             broker_session_timeout=s.broker_session_timeout_s,
             broker_heartbeat_interval=s.broker_heartbeat_interval_s,
             stream_buffer_maxsize=8192,
@@ -163,29 +167,37 @@ class Pipeline:
         name = topic.get_topic_name()
         processed = self.processed
         batch_max, within_s = self.s.batch_max_events, self.s.batch_within_s
+        partition_of = self.partition_of
 
         async def ingest(stream):
             nonlocal producer_send
             async for batch in stream.take_events(batch_max, within=within_s):
                 if producer_send is None:
                     producer_send = self.app.producer.send
-                # Coalesce: one record per message key per batch (events stay in order).
-                out_by_key: dict[bytes, list[int]] = {}
+                # Bundle: one repartition record per target partition per batch, holding every
+                # message's events in order — the lifecycle agent then pays faust's per-record
+                # cost once per bundle instead of once per event.
+                bundles: dict[int, dict[str, list]] = {}
                 for event in batch:
                     raw = event.value if event.value is not None else b""
                     out = normalize(raw, max_bytes)
                     if type(out) is CanonicalEvent:
                         m.event(out.source, out.kind.name, True)
-                        k = out.key.encode()
-                        rec = out_by_key.get(k)
+                        k = out.key
+                        part = partition_of(k)
+                        entries = bundles.get(part)
+                        if entries is None:
+                            entries = bundles[part] = {}
+                        rec = entries.get(k)
                         if rec is None:
-                            out_by_key[k] = [OP_EVENT, out.kind.code, out.ts_us]
+                            entries[k] = [k, out.kind.code, out.ts_us]
                         else:
                             rec += (out.kind.code, out.ts_us)
                     else:
                         await self._ingest_other(out, raw, event.message, name)
-                for k, rec in out_by_key.items():
-                    await producer_send(events_name, k, orjson.dumps(rec), None, None, None)
+                for part, entries in bundles.items():
+                    await producer_send(events_name, None, orjson.dumps([OP_BUNDLE, *entries.values()]),
+                                        part, None, None)
                 for event in batch:
                     processed[event.message.tp] = event.message.offset
                 self._test_crash_hook(batch)
@@ -228,30 +240,41 @@ class Pipeline:
     async def _lifecycle(self, stream):
         processed = self.processed
         async for batch in stream.take_events(self.s.batch_max_events, within=self.s.batch_within_s):
+            # key -> [(op, event)]: bundles are unpacked; every entry of a bundle belongs to the
+            # bundle's partition, as do the check/expire records keyed by message key.
             groups: dict[bytes, list] = {}
             for event in batch:
-                g = groups.get(event.key)
-                if g is None:
-                    groups[event.key] = [event]
+                op = orjson.loads(event.value)
+                if op[0] == OP_BUNDLE:
+                    for entry in op[1:]:
+                        key = entry[0].encode()
+                        g = groups.get(key)
+                        if g is None:
+                            groups[key] = [(entry, event)]
+                        else:
+                            g.append((entry, event))
                 else:
-                    g.append(event)
-            for key, events in groups.items():
+                    g = groups.get(event.key)
+                    if g is None:
+                        groups[event.key] = [(op, event)]
+                    else:
+                        g.append((op, event))
+            for key, ops in groups.items():
                 # Table writes go to the changelog partition of the "current event": make it this
-                # key's own event (take_events leaves it at the batch's last event).
-                _current_event.set(weakref.ref(events[-1]))
-                await self._on_key_batch(key, events)
+                # key's own record (take_events leaves it at the batch's last event).
+                _current_event.set(weakref.ref(ops[-1][1]))
+                await self._on_key_batch(key, ops)
             for event in batch:
                 processed[event.message.tp] = event.message.offset
             _current_event.set(None)
 
-    async def _on_key_batch(self, key: bytes, events: list) -> None:
+    async def _on_key_batch(self, key: bytes, ops: list) -> None:
         """Apply every op of one key in this batch; one table write (one changelog record) at most."""
         state = self._load(key)
         dirty = False
-        for event in events:
-            op = orjson.loads(event.value)
+        for op, _event in ops:
             kind = op[0]
-            if kind == OP_EVENT:
+            if type(kind) is str or kind == OP_EVENT:  # bundle entry [key, code, ts, ...] or [0, code, ts]
                 for i in range(1, len(op), 2):
                     state, changed = await self._on_event(key, state, op[i], op[i + 1])
                     dirty |= changed
@@ -263,6 +286,18 @@ class Pipeline:
                     state, dirty = None, False
         if dirty and state is not None:
             self.messages[key] = state.to_bytes()
+
+    def partition_of(self, key: str) -> int:
+        """Partition of the internal topic (and table) that owns a message key (cached)."""
+        cache = self._partition_cache
+        p = cache.get(key)
+        if p is None:
+            if len(cache) > 200_000:
+                cache.clear()
+            # The producer's default partitioner (murmur2, as Kafka's Java client), computed without
+            # waiting for topic metadata: the internal topic has `topic_partitions` partitions.
+            p = cache[key] = (murmur2(key.encode()) & 0x7FFFFFFF) % self.s.topic_partitions
+        return p
 
     def _load(self, key: bytes) -> MessageState | None:
         raw = self.messages.get(key)
@@ -407,7 +442,7 @@ class Pipeline:
             lags: dict[int, int] = {}  # one snapshot per tick: this tick's own checks don't count
             for k, stage, d in due:
                 kb = k.encode()
-                part = self.app.producer.key_partition(topic, kb).partition  # key_partition returns a TP
+                part = self.partition_of(k)
                 lag = lags.get(part)
                 if lag is None:
                     lag = lags[part] = self._lag(TP(topic, part)) + input_lag
@@ -472,7 +507,7 @@ class Pipeline:
         self.stuck_open.clear()
         n = 0
         for key, raw in list(self.messages.data.items()):
-            if not raw or self.app.producer.key_partition(topic, key).partition not in active:
+            if not raw or self.partition_of(key.decode()) not in active:
                 continue
             st = MessageState.from_bytes(raw)
             source, tenant, mid = split_message_key(key.decode())

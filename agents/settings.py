@@ -153,6 +153,9 @@ class Settings(BaseSettings):
     # Hot path: events are processed in batches of up to this many, waiting at most this long.
     batch_max_events: int = Field(1000, ge=1)
     batch_within_s: float = Field(0.05, gt=0)
+    # Producer batching: repartition and changelog records ride in few produce requests.
+    producer_linger_s: float = Field(0.01, ge=0)
+    producer_max_batch_bytes: int = Field(262144, ge=1024)
     # Group membership: how fast a crashed worker's partitions move to the others.
     broker_session_timeout_s: float = Field(30.0, gt=0)
     broker_heartbeat_interval_s: float = Field(3.0, gt=0)
