@@ -34,16 +34,17 @@ kafka-down:
 kafka-status:
 	$(KAFKA_SH) status
 
-# System packages the test suite uses: Prometheus (promtool + server, Debian package).
+# System packages the test suite uses: Prometheus (promtool + server) and Chromium (the
+# dashboard browser test), from Debian's packages.
 # The package's own service is kept from starting (policy-rc.d); tests start their own
 # prometheus on a port of their choosing and never rely on one at :9090.
 .PHONY: deps-system
 deps-system:
-	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then \
-		echo "deps-system: prometheus $$(prometheus --version 2>&1 | head -n1 | awk '{print $$3}') already installed"; \
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1; then \
+		echo "deps-system: prometheus $$(prometheus --version 2>&1 | head -n1 | awk '{print $$3}') and chromium already installed"; \
 	else \
 		set -e; \
-		echo "deps-system: installing prometheus (Debian package)"; \
+		echo "deps-system: installing prometheus and chromium (Debian packages)"; \
 		added_policy=; \
 		if [ ! -e /usr/sbin/policy-rc.d ]; then \
 			printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null; \
@@ -51,7 +52,7 @@ deps-system:
 		fi; \
 		rc=0; \
 		{ $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q \
-		  && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; } || rc=$$?; \
+		  && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus chromium; } || rc=$$?; \
 		if [ -n "$$added_policy" ]; then $(SUDO) rm -f /usr/sbin/policy-rc.d; fi; \
 		[ $$rc = 0 ] || { echo "deps-system: apt-get failed ($$rc)" >&2; exit $$rc; }; \
 		command -v promtool >/dev/null 2>&1 || { echo "deps-system: promtool still missing after install" >&2; exit 1; }; \
@@ -84,3 +85,8 @@ clean:
 .PHONY: distclean
 distclean: clean
 	rm -rf $(VENV) .cache
+
+# Chaos tests only (SIGKILLed workers, rebalance storm, broker restart, wiped state): ~10 min.
+.PHONY: test-chaos
+test-chaos: install deps-system
+	$(VENV)/bin/pytest -q -m chaos
