@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .kinds import Kind
 
@@ -33,9 +34,12 @@ def split_message_key(key: str) -> tuple[str, str, str]:
     return source, _unesc(tenant), _unesc(message_id)
 
 
-@dataclass(slots=True, frozen=True)
-class CanonicalEvent:
-    """One lifecycle event, PII-free: everything the funnel needs and nothing else."""
+class CanonicalEvent(NamedTuple):
+    """One lifecycle event, PII-free: everything the funnel needs and nothing else.
+
+    A NamedTuple (immutable, ~4x cheaper to build than a frozen dataclass): one is built
+    per input event on the hot path.
+    """
 
     source: str
     tenant: str
