@@ -10,7 +10,7 @@ or lose a message: the rows always equal Σ contribution(message) over the owned
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
@@ -18,6 +18,16 @@ from prometheus_client.registry import Collector
 from streams.kinds import STAGES
 from streams.lifecycle import N_FIELDS, VECTOR_FIELDS, Delta, Summary
 from streams.report import window_rows
+
+def _add_into(out: dict, key: Any, vec: Iterable[int]) -> None:
+    """``out[key] += vec`` element-wise (a new list when the key is new)."""
+    acc = out.get(key)
+    if acc is None:
+        out[key] = list(vec)
+    else:
+        for i, x in enumerate(vec):
+            acc[i] += x
+
 
 # Internal row key carries the source too (metrics are labelled by source; /funnel sums it out).
 SRow = tuple[int, str, str, str]  # (window_start_us, source, tenant, channel)
@@ -73,24 +83,14 @@ class FunnelShare:
                 continue
             if from_us is not None and w < from_us or to_us is not None and w >= to_us:
                 continue
-            acc = out.get((w, t, ch))
-            if acc is None:
-                out[(w, t, ch)] = list(vec)
-            else:
-                for i, x in enumerate(vec):
-                    acc[i] += x
+            _add_into(out, (w, t, ch), vec)
         return out
 
     def totals_by_label(self) -> dict[tuple[str, str, str], list[int]]:
         """Σ over windows per (source, tenant, channel): what the stage counters expose."""
         out: dict[tuple[str, str, str], list[int]] = {}
         for (_w, src, t, ch), vec in self.rows.items():
-            acc = out.get((src, t, ch))
-            if acc is None:
-                out[(src, t, ch)] = list(vec)
-            else:
-                for i, x in enumerate(vec):
-                    acc[i] += x
+            _add_into(out, (src, t, ch), vec)
         return out
 
 
@@ -98,12 +98,7 @@ def merge_windows(parts: Iterable[dict]) -> dict[tuple[int, str, str], list[int]
     out: dict[tuple[int, str, str], list[int]] = {}
     for part in parts:
         for k, vec in part.items():
-            acc = out.get(k)
-            if acc is None:
-                out[k] = list(vec)
-            else:
-                for i, x in enumerate(vec):
-                    acc[i] += x
+            _add_into(out, k, vec)
     return out
 
 
@@ -132,9 +127,7 @@ class FunnelCollector(Collector):
         self.retired: dict[tuple[str, str, str], list[int]] = {}
 
     def retire(self, source: str, tenant: str, channel: str, vec: Iterable[int]) -> None:
-        acc = self.retired.setdefault((source, tenant, channel), [0] * N_FIELDS)
-        for i, x in enumerate(vec):
-            acc[i] += x
+        _add_into(self.retired, (source, tenant, channel), vec)
 
     def describe(self) -> Iterator:
         yield CounterMetricFamily("funnel_stage_reached", "Messages reaching a stage (unique, implied stages "
@@ -145,18 +138,10 @@ class FunnelCollector(Collector):
     def collect(self) -> Iterator:
         totals = self.share.totals_by_label()
         for k, vec in self.retired.items():
-            acc = totals.setdefault(k, [0] * N_FIELDS)
-            for i, x in enumerate(vec):
-                acc[i] += x
+            _add_into(totals, k, vec)
         labelled: dict[tuple[str, str, str], list[int]] = {}
         for (src, tenant, ch), vec in totals.items():
-            k = (src, self.tenant_label(tenant), ch)
-            acc = labelled.get(k)
-            if acc is None:
-                labelled[k] = list(vec)
-            else:
-                for i, x in enumerate(vec):
-                    acc[i] += x
+            _add_into(labelled, (src, self.tenant_label(tenant), ch), vec)
         stage = CounterMetricFamily("funnel_stage_reached", "Messages reaching a stage (unique, implied "
                                     "stages included).", labels=("source", "tenant", "channel", "stage"))
         eng = CounterMetricFamily("funnel_engagement", "Total opens/clicks.",

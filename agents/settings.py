@@ -28,6 +28,8 @@ from typing import Any, Literal, Mapping
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.stuck import DEFAULT_SLA_S as _DOMAIN_DEFAULT_SLA_S
+
 __all__ = [
     "CHANNELS",
     "DEFAULT_SLA_S",
@@ -46,14 +48,8 @@ CHANNELS: tuple[str, ...] = ("sms", "email", "push", "telegram", "unknown")
 #: Stages that can be stuck (SPEC §6): ``queued`` (queued → sent) and ``sent`` (sent → delivered).
 SLA_STAGES: tuple[str, ...] = ("queued", "sent")
 
-#: SPEC §6 default SLAs in seconds, channel → stage → seconds.
-DEFAULT_SLA_S: dict[str, dict[str, int]] = {
-    "sms": {"queued": 120, "sent": 900},
-    "email": {"queued": 300, "sent": 3600},
-    "push": {"queued": 120, "sent": 900},
-    "telegram": {"queued": 120, "sent": 900},
-    "unknown": {"queued": 300, "sent": 3600},
-}
+#: SPEC §6 default SLAs in seconds, channel → stage → seconds (the domain core's table).
+DEFAULT_SLA_S: dict[str, dict[str, int]] = _DOMAIN_DEFAULT_SLA_S
 
 _BROKER_SCHEMES = ("kafka", "aiokafka")
 _DEFAULT_KAFKA_PORT = 9092

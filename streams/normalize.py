@@ -36,16 +36,23 @@ def detect_source(obj: dict) -> str | None:
 
 def normalize(raw: bytes | str, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Outcome:
     """Classify one raw record. Never raises for any input bytes."""
+    obj = _decode(raw, max_event_bytes)
+    if type(obj) is Rejected:
+        return obj
+    return normalize_obj(obj)
+
+
+def _decode(raw: bytes | str, max_event_bytes: int) -> object:
+    """The JSON value of a record, or ``Rejected`` (too_large, invalid_json)."""
     size = len(raw)
     if type(raw) is str and size <= max_event_bytes < 4 * size:
         size = len(raw.encode("utf-8", "surrogatepass"))  # the limit is in bytes, not characters
     if size > max_event_bytes:
         return Rejected("too_large", f"record of {size} bytes exceeds max_event_bytes={max_event_bytes}")
     try:
-        obj = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         return Rejected("invalid_json", _json_error(exc))
-    return normalize_obj(obj)
 
 
 def normalize_obj(obj: object) -> Outcome:
@@ -64,15 +71,9 @@ def normalize_lite(raw: bytes | str, max_event_bytes: int = DEFAULT_MAX_EVENT_BY
     """:func:`normalize` for bulk consumers (replay): same checks, same outcomes, except that a
     lifecycle event comes back as a plain ``LiteEvent`` tuple, without the optional context
     fields (flow, campaign, experience) that building a ``CanonicalEvent`` would extract."""
-    size = len(raw)
-    if type(raw) is str and size <= max_event_bytes < 4 * size:
-        size = len(raw.encode("utf-8", "surrogatepass"))  # the limit is in bytes, not characters
-    if size > max_event_bytes:
-        return Rejected("too_large", f"record of {size} bytes exceeds max_event_bytes={max_event_bytes}")
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return Rejected("invalid_json", _json_error(exc))
+    obj = _decode(raw, max_event_bytes)
+    if type(obj) is Rejected:
+        return obj
     if type(obj) is dict:  # _classify, inlined: one call less on the hot path
         if "event_type" in obj:
             return _altcraft(obj)
