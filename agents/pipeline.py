@@ -453,9 +453,14 @@ class Pipeline:
                     self.deadlines.schedule(k, d, stage)  # retried next tick, once caught up
                     continue
                 self.suppressed.discard((kb, stage))
-                await self.t_events.send(key=kb, value=orjson.dumps([OP_CHECK, STAGE_RANK[stage]]))
+                await self._send_control(k, [OP_CHECK, STAGE_RANK[stage]])
         for k, _stage, _d in self.expiry.pop_due(now, limit=10000):
-            await self.t_events.send(key=k.encode(), value=orjson.dumps([OP_EXPIRE]))
+            await self._send_control(k, [OP_EXPIRE])
+
+    async def _send_control(self, key: str, op: list) -> None:
+        """A control record on the message's own partition (the same function places its events)."""
+        await self.app.producer.send(self.t_events.get_topic_name(), key.encode(), orjson.dumps(op),
+                                     self.partition_of(key), None, None)
 
     async def _publish_windows(self) -> None:
         """Publish changed funnel rows (coalesced) from the owner of events partition 0."""
