@@ -37,6 +37,8 @@ class Mix:
     p_duplicate: float = 0.02
     p_out_of_order: float = 0.1
     p_bad: float = 0.005
+    p_late: float = 0.01  # events emitted after everything else (hours late, moving windows)
+    altcraft_share: float = 0.4
     span_s: float = 1800.0
     seed: int = 1
 
@@ -67,7 +69,7 @@ def generate(mix: Mix, now_us: int) -> Iterator[bytes]:
     rnd = random.Random(mix.seed)
     out: list[tuple[int, bytes]] = []
     for i in range(mix.messages):
-        source = "altcraft" if rnd.random() < 0.4 else "activity_sync"
+        source = "altcraft" if rnd.random() < mix.altcraft_share else "activity_sync"
         t0 = now_us - int(rnd.random() * mix.span_s * US_PER_S)
         stuck = rnd.random() < mix.p_stuck
         evs: list[tuple[int, dict]] = []
@@ -129,6 +131,8 @@ def generate(mix: Mix, now_us: int) -> Iterator[bytes]:
             evs.append(evs[-1])
         for ts, rec in evs:
             jitter = -int(rnd.uniform(0, 120) * US_PER_S) if rnd.random() < mix.p_out_of_order else 0
+            if rnd.random() < mix.p_late:
+                jitter = now_us - ts + int(rnd.uniform(0, 60) * US_PER_S)  # arrives after the others
             out.append((ts + jitter, orjson.dumps(rec)))
         if rnd.random() < mix.p_bad:
             out.append((t0, b'{"kind": "outbound-sms", "tenantId": "foo", '))
@@ -168,6 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--duplicates", type=float, default=0.02)
     p.add_argument("--out-of-order", type=float, default=0.1)
     p.add_argument("--failures", type=float, default=0.05)
+    p.add_argument("--deliver", type=float, default=0.85, help="probability a message is delivered")
+    p.add_argument("--open", type=float, default=0.4, help="probability a delivered message is opened")
+    p.add_argument("--click", type=float, default=0.3, help="probability a delivered message is clicked")
+    p.add_argument("--late", type=float, default=0.01, help="share of events that arrive after all others")
+    p.add_argument("--altcraft-share", type=float, default=0.4, help="share of Altcraft messages (rest: Activity Sync)")
+    p.add_argument("--bad", type=float, default=0.005, help="share of messages followed by a malformed record")
     p.add_argument("--span-s", type=float, default=1800.0, help="spread message starts over this many seconds")
     p.add_argument("--now", default=None, help="end of the time span (RFC 3339; default: wall clock)")
     p.add_argument("--out", default="-", help="JSON Lines file (default stdout)")
@@ -180,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     mix = Mix(messages=args.messages, tenants=args.tenants, seed=args.seed, p_stuck=args.stuck,
               p_duplicate=args.duplicates, p_out_of_order=args.out_of_order, p_fail=args.failures,
-              span_s=args.span_s)
+              p_deliver=args.deliver, p_open=args.open, p_click=args.click, p_late=args.late,
+              altcraft_share=args.altcraft_share, p_bad=args.bad, span_s=args.span_s)
     records = list(generate(mix, now))
     if args.produce:
         from .settings import get_settings
