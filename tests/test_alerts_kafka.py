@@ -449,8 +449,8 @@ def test_backlog_gating_alerts_only_after_catch_up(alert_env: dict, n_stuck: int
 
     Per input partition the backlog is: outbound-sms of stuck and `ok` messages (all long
     overdue), then ``filler`` records that go to dead letters (v0.0 kind ``queued``), then the
-    deliveries of the `ok` messages. Alerting before the worker has consumed the deliveries
-    would raise false stuck alerts for the `ok` messages."""
+    deliveries of the `ok` messages, then 2 × alert_max_lag more dead letters. Alerting before
+    the worker has consumed the deliveries would raise false stuck alerts for the `ok` messages."""
     t_start = time.monotonic()
     bs, topics = alert_env["bootstrap"], alert_env["topics"]
     max_lag = 50
@@ -469,7 +469,11 @@ def test_backlog_gating_alerts_only_after_catch_up(alert_env: dict, n_stuck: int
         records += [(None, as_event("queued", tenant, f"dl{p}-{i}", old), p) for i in range(filler // 2)]
         records += [(None, as_event("message-delivered", tenant, m, old + timedelta(seconds=5)), p)
                     for m in ok[p::2]]
+        # SPEC §6 allows alerts once a partition lags at most alert_max_lag records; records past
+        # the deliveries make "lag <= max_lag" imply "the deliveries were consumed".
+        records += [(None, as_event("queued", tenant, f"tail{p}-{i}", old), p) for i in range(2 * max_lag)]
     produce_sync(bs, topics["activity_sync"], records)
+    tail_dead_letters = 2 * 2 * max_lag
     total = len(records)
 
     samples: list[tuple[float, float, float, float]] = []  # (t_req, t_resp, ingested, suppressed)
@@ -514,7 +518,8 @@ def test_backlog_gating_alerts_only_after_catch_up(alert_env: dict, n_stuck: int
         suppressed = metric_value(text, "funnel_alerts_suppressed_total")
         ingested = metric_value(text, "funnel_events_total", {"source": "activity_sync"})
         assert ingested == total, (ingested, total)
-        assert metric_value(text, "funnel_events_rejected_total", {"reason": "deprecated_kind"}) == filler
+        assert metric_value(text, "funnel_events_rejected_total", {"reason": "deprecated_kind"}) == (
+            filler + tail_dead_letters)
         assert suppressed > 0, "the backlog was never gated (funnel_alerts_suppressed_total == 0)"
         assert metric_value(text, "funnel_alerts_total", {"type": "stuck"}) == n_stuck
 
