@@ -90,3 +90,10 @@ distclean: clean
 .PHONY: test-chaos
 test-chaos: install deps-system
 	$(VENV)/bin/pytest -q -m chaos
+
+# Live-pipeline benchmark on the local Kafka, then state bytes per in-flight message.
+# Figures are printed and saved as JSON under .bench/ (git-ignored); see bench/README.md.
+.PHONY: bench
+bench: install
+	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_state_memory.py
