@@ -7,9 +7,11 @@ Data flow::
 
     activity-sync-events ─┐ ingest: normalize ─► dead-letters (rejected, original bytes)
     altcraft-action-hooks ┘        │
-                                   ▼ canonical event, keyed by message key
-                   <app>-lifecycle-events (internal, N partitions)
-                                   │ lifecycle agent: table[key] = apply(state, event)
+                                   ▼ per batch, one bundle per target partition:
+                                   │ [(message key, (kind code, ts_us)...)...] (no PII)
+                   <app>-lifecycle-events (internal, N partitions; + stuck-check/expiry records)
+                                   │ lifecycle agent: table[key] = apply(state, events),
+                                   │ one table write (changelog record) per key per batch
                                    ▼
           messages table (changelogged) ─► FunnelShare (derived) ─► /funnel, /metrics,
                                                                      funnel-windows
