@@ -51,5 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_prometheus_sensors(app, pattern="/faust-metrics")
     level = {"warning": "warn", "critical": "crit"}.get(settings.log_level.lower(), settings.log_level.lower())
     sys.argv = ["funnelwatch", "worker", "--loglevel", level, *argv]
+    # faust's and aiokafka's DEBUG lines print record values: dead letters are raw PII (SPEC §8).
+    for name in ("faust.topics", "faust.transport.drivers.aiokafka", "faust.transport.consumer", "aiokafka.producer"):
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(settings.log_level.upper())))
     app.main()
     return 0
