@@ -52,7 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = {"warning": "warn", "critical": "crit"}.get(settings.log_level.lower(), settings.log_level.lower())
     sys.argv = ["funnelwatch", "worker", "--loglevel", level, *argv]
     # faust's and aiokafka's DEBUG lines print record values: dead letters are raw PII (SPEC §8).
-    for name in ("faust.topics", "faust.transport.drivers.aiokafka", "faust.transport.consumer", "aiokafka.producer"):
-        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(settings.log_level.upper())))
+    # faust's worker also sets the *root* logger to DEBUG for its spinner, which made every
+    # produced record build a debug LogRecord (3-5% of worker CPU): pin the libraries' levels.
+    lib_level = max(logging.INFO, logging.getLevelName(settings.log_level.upper()))
+    for name in ("faust", "mode", "aiokafka", "faust.topics", "faust.transport.drivers.aiokafka",
+                 "faust.transport.consumer", "aiokafka.producer"):
+        logging.getLogger(name).setLevel(lib_level)
     app.main()
     return 0
