@@ -24,9 +24,10 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -316,7 +317,7 @@ class Rig:
         except TimeoutError:
             raise AssertionError(
                 f"the funnel equals replay, but the consumer group's committed "
-                f"offsets do not advance: {stuck} records behind (faust's head-of-partition ack gap after a "
+                f"offsets do not advance: {stuck} records behind (faust's head-of-partition ack gap after a restart or "
                 f"rebalance: the next restart reprocesses them all)") from None
         return took
 
@@ -404,7 +405,8 @@ def check_alerts(rig: Rig, records: list[bytes], timeout_s: float = 60,
                                   f"e.g. {sorted(wrongly_resolved)[:5]}")
     never_resolved = open_ - set(exp)
     assert not never_resolved, (f"{len(never_resolved)} stuck alerts never resolved although the message advanced, "
-                                f"e.g. {sorted(never_resolved)[:5]}{_diagnose(sorted(never_resolved)[:2], alerts, workers or [])}")
+                                f"e.g. {sorted(never_resolved)[:5]}"
+                                f"{_diagnose(sorted(never_resolved)[:2], alerts, workers or [])}")
     lost = set(resolved) - set(stuck)
     assert not lost, (f"{len(lost)} messages got a `resolved` alert but their `stuck` alert is not on the topic (the "
                       f"alert mark reached the changelog, the alert itself was lost), e.g. {sorted(lost)[:5]}"
@@ -418,8 +420,6 @@ def check_alerts(rig: Rig, records: list[bytes], timeout_s: float = 60,
 
 def _diagnose(keys: list[tuple[str, str, str, str]], alerts: list[dict], workers: list[Worker]) -> str:
     """What the workers know about some messages (state, alert marks) and their alerts on the topic."""
-    import urllib.parse
-
     out = []
     for source, tenant, mid, stage in keys:
         out.append(f"\n--- {source}|{tenant}|{mid} ({stage}): alerts on the topic: "
@@ -558,8 +558,7 @@ def check_ownership(workers: list[Worker], windows: list[dict], records: list[by
         key = message_key(source, tenant, mid).encode()
         part = key_partition(key, 4)
         owner = next(name for name, parts in owned.items() if part in parts)
-        path = "/messages?" + __import__("urllib.parse").parse.urlencode(
-            {"source": source, "tenant": tenant, "id": mid})
+        path = "/messages?" + urllib.parse.urlencode({"source": source, "tenant": tenant, "id": mid})
         want = [(ts, code) for ts, code in rp.states[(source, tenant, mid)].events]
         for w in workers:
             st, body = w.get_json(path, timeout_s=10)

@@ -9,7 +9,6 @@ Every wait is bounded; every test prints its figures.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import socket
@@ -25,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from streams.kinds import AC_LIFECYCLE, AS_LIFECYCLE, AS_NON_LIFECYCLE, altcraft_non_lifecycle
+from streams.kinds import AC_LIFECYCLE, AS_NON_LIFECYCLE, altcraft_non_lifecycle
 from tests.kafka_fixtures import consume_all_sync, produce_sync
 from tests.test_chaos_kafka import INPUT_PARTITIONS, Rig, metrics_of, msum
 from tests.worker_harness import REPO_ROOT, Worker, app_topics, funnelwatch_bin, http_get, wait_until
@@ -479,7 +478,8 @@ def ac_with_pii(c: Canaries, et: str, account: Any, mid: str, ts: str, **top: An
     ed: dict[str, Any] = {"send_message_id": mid, "campaign_id": 973, "message_id": 17, "launch_id": "l-1",
                           "ip": c.s(f"{w} ip"), "lat": c.num(f"{w} lat"), "lon": c.num(f"{w} lon"),
                           "city": c.s(f"{w} city"), "postal_code": c.s(f"{w} postal_code"),
-                          "user_agent": c.s(f"{w} user_agent"), "link_url": "https://example.org/" + c.s(f"{w} link_url"),
+                          "user_agent": c.s(f"{w} user_agent"),
+                          "link_url": "https://example.org/" + c.s(f"{w} link_url"),
                           "bounce_message": c.s(f"{w} bounce_message"), "content": c.s(f"{w} content"),
                           "geo": {"city": c.s(f"{w} geo.city"), "lat": c.num(f"{w} geo.lat"),
                                   "postal_code": c.s(f"{w} geo.postal_code")},
