@@ -224,6 +224,11 @@ class Metrics:
             "Events that moved a message to an earlier window or a new channel label.",
             registry=r,
         )
+        self.gaps_repaired_total = Counter(
+            "funnel_offset_gaps_repaired",
+            "Times a partition jumped past unprocessed records and was re-read (faust skip), by topic.",
+            ("topic",), registry=r,
+        )
         self.label_overflow_total = Counter(
             "funnel_label_overflow",
             "Observations whose tenant label was reported as 'other' (cardinality cap), by metric.",
@@ -395,6 +400,9 @@ class Metrics:
 
     def conflicting_outcome(self) -> None:
         self.conflicting_outcomes_total.inc()
+
+    def gap_repaired(self, topic: str) -> None:
+        self.gaps_repaired_total.labels(topic).inc()
 
     def late_event(self) -> None:
         self.late_events_total.inc()

@@ -73,6 +73,8 @@ class Pipeline:
         self.inflight = 0
         self.processed: dict[Any, int] = {}  # TP -> last offset fully processed (lag gate)
         self._partition_cache: dict[str, int] = {}
+        self._gaps_seen: dict[Any, tuple[int, int]] = {}
+        self._pending_alerts: list[Any] = []
         self.last_published: dict[tuple[int, str, str], list[int]] = {}
         self.app = self._make_app()
         self._wire()
@@ -176,6 +178,7 @@ class Pipeline:
             async for batch in stream.take_events(batch_max, within=within_s):
                 if producer_send is None:
                     producer_send = self.app.producer.send
+                await self._repair_gaps(batch)
                 # Bundle: one repartition record per target partition per batch, holding every
                 # message's events in order — the lifecycle agent then pays faust's per-record
                 # cost once per bundle instead of once per event.
@@ -205,6 +208,34 @@ class Pipeline:
                 self._test_crash_hook(batch)
         ingest.__name__ = f"ingest_{name}"
         return ingest
+
+    async def _repair_gaps(self, batch) -> None:
+        """Re-read records faust skipped: never commit what no agent processed.
+
+        faust-streaming 0.15 drops records fetched for a partition while tables recover (stale
+        generation / flow control) without acking them, then books the jump in offsets as a
+        compaction gap and commits past it: those events would be lost. Our topics are not
+        compacted, so a batch that starts past the next expected offset means records were
+        skipped: seek back and read them again (re-read events are duplicates: harmless).
+        A gap seen twice at the same place is real (retention, transaction markers): accept it.
+        """
+        firsts: dict[Any, int] = {}
+        for event in batch:
+            tp = event.message.tp
+            if tp not in firsts:
+                firsts[tp] = event.message.offset
+        for tp, first in firsts.items():
+            last = self.processed.get(tp)
+            expected = last + 1 if last is not None else self.app.consumer._committed_offset.get(tp)
+            if expected is None or first <= expected:
+                continue
+            if self._gaps_seen.get(tp) == (expected, first):
+                continue
+            self._gaps_seen[tp] = (expected, first)
+            self.metrics.gap_repaired(tp.topic)
+            log.warning("funnelwatch: %s/%d jumped from offset %d to %d: re-reading the skipped records",
+                        tp.topic, tp.partition, expected, first)
+            await self.app.consumer.seek(tp, expected)
 
     def _test_crash_hook(self, batch) -> None:
         """Overridden by agents.web when FUNNELWATCH_TEST_CRASH_KIND is set (tests only)."""
@@ -242,6 +273,7 @@ class Pipeline:
     async def _lifecycle(self, stream):
         processed = self.processed
         async for batch in stream.take_events(self.s.batch_max_events, within=self.s.batch_within_s):
+            await self._repair_gaps(batch)
             # key -> [(op, event)]: bundles are unpacked; every entry of a bundle belongs to the
             # bundle's partition, as do the check/expire records keyed by message key.
             groups: dict[bytes, list] = {}
@@ -261,17 +293,28 @@ class Pipeline:
                         groups[event.key] = [(op, event)]
                     else:
                         g.append((op, event))
+            writes: list[tuple[bytes, bytes, Any]] = []
             for key, ops in groups.items():
+                _current_event.set(weakref.ref(ops[-1][1]))  # an expiry deletes in this key's partition
+                state = await self._on_key_batch(key, ops)
+                if state is not None:
+                    writes.append((key, state.to_bytes(), ops[-1][1]))
+            if self._pending_alerts:
+                # Alerts are acked before the state marks that record them land (see
+                # _send_alert): a crash may repeat an alert, never lose one.
+                await asyncio.gather(*self._pending_alerts)
+                self._pending_alerts.clear()
+            for key, value, event in writes:
                 # Table writes go to the changelog partition of the "current event": make it this
                 # key's own record (take_events leaves it at the batch's last event).
-                _current_event.set(weakref.ref(ops[-1][1]))
-                await self._on_key_batch(key, ops)
+                _current_event.set(weakref.ref(event))
+                self.messages[key] = value
             for event in batch:
                 processed[event.message.tp] = event.message.offset
             _current_event.set(None)
 
-    async def _on_key_batch(self, key: bytes, ops: list) -> None:
-        """Apply every op of one key in this batch; one table write (one changelog record) at most."""
+    async def _on_key_batch(self, key: bytes, ops: list) -> MessageState | None:
+        """Apply every op of one key in this batch; the state to write (one changelog record), if any."""
         state = self._load(key)
         dirty = False
         for op, _event in ops:
@@ -286,8 +329,7 @@ class Pipeline:
             elif kind == OP_EXPIRE:
                 if state is not None and self._on_expire(key, state):
                     state, dirty = None, False
-        if dirty and state is not None:
-            self.messages[key] = state.to_bytes()
+        return state if dirty else None
 
     def partition_of(self, key: str) -> int:
         """Partition of the internal topic (and table) that owns a message key (cached)."""
@@ -361,10 +403,19 @@ class Pipeline:
                              "resolved_stage": resolved_stage, "resolved_at": format_ts_us(at),
                              "time_to_resolve_s": (at - since) / US_PER_S if since is not None else None,
                              "detected_at": format_ts_us(now)}
-                    await self.t_alerts.send(key=key, value=orjson.dumps(alert))
+                    await self._send_alert_acked(key, alert)
                     self.metrics.alert("resolved")
                     st.alerted |= 1 << (rank + _RESOLVED_SHIFT)
                     self.suppressed.discard((key, STAGES[rank]))
+
+    async def _send_alert_acked(self, key: bytes, alert: dict) -> None:
+        """Send an alert; the batch waits for Kafka's acks *before* writing the state marks.
+
+        The mark travels in the table's changelog; were it to land while the alert was still in
+        the producer's buffer, a crash would lose the alert for good. Acked first, a crash can
+        at worst repeat it (between the ack and the changelog write: milliseconds).
+        """
+        self._pending_alerts.append(await self.t_alerts.send(key=key, value=orjson.dumps(alert)))
 
     async def _on_check(self, key: bytes, st: MessageState, rank: int) -> bool:
         """A due deadline came back through the message's partition: alert once if still stuck."""
@@ -382,7 +433,7 @@ class Pipeline:
         alert = {"type": "stuck", "source": source, "tenant": tenant, "channel": s.channel, "message_id": mid,
                  "stage": d.stage, "since": format_ts_us(d.since_us), "deadline": format_ts_us(d.deadline_us),
                  "detected_at": format_ts_us(now), "sla_seconds": d.sla_s}
-        await self.t_alerts.send(key=key, value=orjson.dumps(alert))
+        await self._send_alert_acked(key, alert)
         st.alerted |= 1 << rank
         self.metrics.alert("stuck")
         self.metrics.stuck_inc(tenant, s.channel, d.stage)
@@ -570,7 +621,8 @@ class Pipeline:
         return merge_windows(parts)
 
     def lags(self) -> dict[str, int]:
-        return {f"{tp.topic}/{tp.partition}": self._lag(tp) for tp in sorted(self.app.consumer.assignment())}
+        return {f"{tp.topic}/{tp.partition}": self._lag(tp) for tp in sorted(self.app.consumer.assignment())
+                if not tp.topic.endswith("-changelog")}
 
     async def _view_live(self, web, request):
         """Process and event loop alive, and no agent has crashed (faust issues #175/#523)."""

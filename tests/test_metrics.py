@@ -30,6 +30,8 @@ SPEC_METRICS: dict[str, tuple[str, set[str]]] = {
     "funnel_late_events_total": ("counter", set()),
     "funnel_label_overflow_total": ("counter", {"metric"}),
     "funnelwatch_build_info": ("gauge", {"version"}),
+    # Beyond SPEC §10: the pipeline's re-read of records faust skipped (agents/pipeline.py).
+    "funnel_offset_gaps_repaired_total": ("counter", {"topic"}),
 }
 
 
@@ -58,6 +60,7 @@ def exercise_all(m: Metrics) -> None:
     m.out_of_order()
     m.conflicting_outcome()
     m.late_event()
+    m.gap_repaired("activity-sync-events")
     # over the cap of the `metrics` fixture: gives funnel_label_overflow_total a sample
     m.stage_reached("altcraft", "t2", "email", "sent")
 
