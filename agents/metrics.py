@@ -86,6 +86,14 @@ def _package_version() -> str:
         return "0+unknown"
 
 
+def _child(cache: dict, metric: Any, key: tuple[str, ...]) -> Any:
+    """The cached label child of ``metric`` for ``key`` (``.labels()`` runs once per key)."""
+    child = cache.get(key)
+    if child is None:
+        child = cache[key] = metric.labels(*key)
+    return child
+
+
 class TenantLabeler:
     """Maps tenant ids to bounded label values: the first ``max_tenants`` distinct
     tenants keep their id, later ones become ``"other"``.
@@ -244,7 +252,7 @@ class Metrics:
         self._c_events: dict[tuple[str, str], Any] = {}
         self._c_rejected: dict[tuple[str, str], Any] = {}
         self._c_ignored: dict[tuple[str, str], Any] = {}
-        self._c_duplicates: dict[str, Any] = {}
+        self._c_duplicates: dict[tuple[str], Any] = {}
         self._c_stage: dict[tuple[str, str, str, str], Any] = {}
         self._c_engagement: dict[tuple[str, str, str, str], Any] = {}
         self._c_latency: dict[tuple[str, str, str], Any] = {}
@@ -272,31 +280,16 @@ class Metrics:
     # ------------------------------------------------------------------ input
     def event(self, source: str, kind: str, known: bool) -> None:
         """One input event; ``known=False`` records it under ``kind="other"``."""
-        key = (source, kind if known else OTHER)
-        child = self._c_events.get(key)
-        if child is None:
-            child = self._c_events[key] = self.events_total.labels(*key)
-        child.inc()
+        _child(self._c_events, self.events_total, (source, kind if known else OTHER)).inc()
 
     def rejected(self, source: str, reason: str) -> None:
-        key = (source, reason)
-        child = self._c_rejected.get(key)
-        if child is None:
-            child = self._c_rejected[key] = self.events_rejected_total.labels(*key)
-        child.inc()
+        _child(self._c_rejected, self.events_rejected_total, (source, reason)).inc()
 
     def ignored(self, source: str, reason: str) -> None:
-        key = (source, reason)
-        child = self._c_ignored.get(key)
-        if child is None:
-            child = self._c_ignored[key] = self.events_ignored_total.labels(*key)
-        child.inc()
+        _child(self._c_ignored, self.events_ignored_total, (source, reason)).inc()
 
     def duplicate(self, source: str) -> None:
-        child = self._c_duplicates.get(source)
-        if child is None:
-            child = self._c_duplicates[source] = self.duplicates_total.labels(source)
-        child.inc()
+        _child(self._c_duplicates, self.duplicates_total, (source,)).inc()
 
     # ------------------------------------------------------------------ funnel
     def stage_reached(self, source: str, tenant: str, channel: str, stage: str, n: int = 1) -> None:
