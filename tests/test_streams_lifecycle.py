@@ -23,17 +23,7 @@ T0 = 1724763600 * S  # 2024-08-27T13:00:00Z
 STAGE_NAMES = ("queued", "sent", "delivered", "opened", "clicked")
 
 
-def ev(kind: str, ts_us: int, mid: str = "m1", tenant: str = "t") -> CanonicalEvent:
-    if kind in AS_LIFECYCLE:
-        return CanonicalEvent("activity_sync", tenant, mid, AS_LIFECYCLE[kind], ts_us)
-    return CanonicalEvent("altcraft", tenant, mid, AC_LIFECYCLE[kind], ts_us)
-
-
-def summary_of(*events: CanonicalEvent):
-    st = MessageState()
-    for e in events:
-        st.add(e)
-    return summarize(events[0].source, st.events)
+from tests.streams_helpers import ev, summary_of  # noqa: E402
 
 
 def stages(s) -> set[str]:

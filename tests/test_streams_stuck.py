@@ -19,17 +19,7 @@ SPEC_SLA = {"sms": (120, 900), "email": (300, 3600), "push": (120, 900), "telegr
             "unknown": (300, 3600)}
 
 
-def ev(kind: str, ts_us: int, mid: str = "m1", tenant: str = "t") -> CanonicalEvent:
-    if kind in AS_LIFECYCLE:
-        return CanonicalEvent("activity_sync", tenant, mid, AS_LIFECYCLE[kind], ts_us)
-    return CanonicalEvent("altcraft", tenant, mid, AC_LIFECYCLE[kind], ts_us)
-
-
-def summary_of(*events: CanonicalEvent):
-    st = MessageState()
-    for e in events:
-        st.add(e)
-    return summarize(events[0].source, st.events)
+from tests.streams_helpers import ev, summary_of  # noqa: E402
 
 
 # ---- SLA table -------------------------------------------------------------------------------------
