@@ -237,6 +237,16 @@ class Metrics:
             "Times a partition jumped past unprocessed records and was re-read (faust skip), by topic.",
             ("topic",), registry=r,
         )
+        self.alert_marks_reconciled_total = Counter(
+            "funnel_alert_marks_reconciled",
+            "Alert marks taken from the alerts topic after a takeover (alert acked, its mark lost), by type.",
+            ("type",), registry=r,
+        )
+        self.alert_reconcile_failures_total = Counter(
+            "funnel_alert_reconcile_failures",
+            "Takeovers whose alerts-topic read failed or timed out (alerts may repeat, none is lost).",
+            registry=r,
+        )
         self.label_overflow_total = Counter(
             "funnel_label_overflow",
             "Observations whose tenant label was reported as 'other' (cardinality cap), by metric.",
@@ -396,6 +406,12 @@ class Metrics:
 
     def gap_repaired(self, topic: str) -> None:
         self.gaps_repaired_total.labels(topic).inc()
+
+    def alert_marks_reconciled(self, alert_type: str, n: int = 1) -> None:
+        self.alert_marks_reconciled_total.labels(alert_type).inc(n)
+
+    def alert_reconcile_failed(self) -> None:
+        self.alert_reconcile_failures_total.inc()
 
     def late_event(self) -> None:
         self.late_events_total.inc()

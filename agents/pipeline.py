@@ -35,17 +35,18 @@ from streams.events import CanonicalEvent, Ignored, NonLifecycle, Rejected, spli
 from streams.kinds import KINDS, STAGE_RANK, STAGES, known_kind, metric_kind
 from streams.lifecycle import MessageState, Summary, apply, contribution_delta, summarize
 from streams.normalize import normalize
+from streams.stuck import RESOLVED_SHIFT as _RESOLVED_SHIFT
 from streams.stuck import DeadlineIndex, SlaTable, deadline
 from streams.timeparse import US_PER_S, format_ts_us, parse_ts_us
 
 from .funnel import FunnelCollector, FunnelShare, merge_windows, rows_json
 from .metrics import Metrics, render
+from .reconcile import Published, read_published
 from .settings import Settings
 
 log = logging.getLogger("funnelwatch")
 
 OP_EVENT, OP_CHECK, OP_EXPIRE, OP_BUNDLE = 0, 1, 2, 3
-_RESOLVED_SHIFT = 4  # alerted bits: 1<<rank = stuck alert sent; 1<<(rank+4) = resolved sent
 _LATENCY_PAIRS = ((0, 1), (1, 2), (2, 3), (2, 4))  # queued→sent, sent→delivered, delivered→opened/clicked
 
 
@@ -75,6 +76,8 @@ class Pipeline:
         self._partition_cache: dict[str, int] = {}
         self._gaps_seen: dict[Any, tuple[int, int]] = {}
         self._pending_alerts: list[Any] = []
+        self.published: Published = {}  # alerts found on the topic whose marks the table lacks
+        self._owned: set[int] = set()  # events/table partitions owned since the last rebalance
         self.last_published: dict[tuple[int, str, str], list[int]] = {}
         self.app = self._make_app()
         self._wire()
@@ -240,6 +243,9 @@ class Pipeline:
     def _test_crash_hook(self, batch) -> None:
         """Overridden by agents.web when FUNNELWATCH_TEST_CRASH_KIND is set (tests only)."""
 
+    def _test_alerts_acked_hook(self) -> None:
+        """Overridden by agents.web when FUNNELWATCH_TEST_EXIT_AFTER_ALERTS is set (tests only)."""
+
     async def _ingest_other(self, out: Any, raw: bytes, msg: Any, topic_name: str) -> None:
         m = self.metrics
         if type(out) is Rejected:
@@ -304,6 +310,7 @@ class Pipeline:
                 # _send_alert): a crash may repeat an alert, never lose one.
                 await asyncio.gather(*self._pending_alerts)
                 self._pending_alerts.clear()
+                self._test_alerts_acked_hook()
             for key, value, event in writes:
                 # Table writes go to the changelog partition of the "current event": make it this
                 # key's own record (take_events leaves it at the batch's last event).
@@ -316,7 +323,7 @@ class Pipeline:
     async def _on_key_batch(self, key: bytes, ops: list) -> MessageState | None:
         """Apply every op of one key in this batch; the state to write (one changelog record), if any."""
         state = self._load(key)
-        dirty = False
+        dirty = state is not None and key in self.published and self._merge_published(key, state)
         for op, _event in ops:
             kind = op[0]
             if type(kind) is str or kind == OP_EVENT:  # bundle entry [key, code, ts, ...] or [0, code, ts]
@@ -374,6 +381,8 @@ class Pipeline:
             if b in res.new_stages and a in new.reached and new.reached[b] >= new.reached[a]:
                 m.latency(new.channel, STAGES[a], STAGES[b], (new.reached[b] - new.reached[a]) / US_PER_S)
         st = res.state
+        if state is None and key in self.published:
+            self._merge_published(key, st, new)
         await self._maybe_resolve(key, tenant, mid, st, new, now)
         self._schedule(key, tenant, st, new)
         return st, True
@@ -550,13 +559,77 @@ class Pipeline:
         self.processed.clear()
 
     async def _on_rebalance_complete(self, *args: Any, **kwargs: Any) -> None:
+        # Awaited by faust before the streams resume: nothing is processed while this runs.
+        active = self._active_partitions()
+        self.published = {k: v for k, v in self.published.items() if self.partition_of(k.decode()) in active}
+        if active - self._owned:
+            await self._reconcile(active - self._owned)
+        self._owned = active
         self.rebuild()
         self.ready = True
 
+    def _active_partitions(self) -> set[int]:
+        topic = self.t_events.get_topic_name()
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+
+    async def _reconcile(self, parts: set[int]) -> None:
+        """Take back the marks of alerts acked just before the previous owner died (see agents.reconcile)."""
+        t0 = time.monotonic()
+        try:
+            found = await read_published(
+                self.s, alerts_topic=self.t_alerts.get_topic_name(),
+                changelog_topic=self.messages.changelog_topic.get_topic_name(),
+                partitions=parts, partition_of=self.partition_of, now_us=now_us())
+        except Exception as exc:  # noqa: BLE001 - broker trouble: alerts may repeat, none is lost
+            self.metrics.alert_reconcile_failed()
+            log.warning("funnelwatch: could not re-read alerts for partitions %s (alerts may repeat): %r",
+                        sorted(parts), exc)
+            return
+        n = 0
+        for key, bits in found.items():
+            st = self._load(key)
+            missing = {b: a for b, a in bits.items() if st is None or not st.alerted & b}
+            if missing:
+                self.published.setdefault(key, {}).update(missing)
+                for alert in missing.values():
+                    self.metrics.alert_marks_reconciled(alert["type"])
+                n += len(missing)
+        log.info("funnelwatch: alerts re-read for partitions %s in %.2fs: %d alerts, %d marks taken back",
+                 sorted(parts), time.monotonic() - t0, sum(len(b) for b in found.values()), n)
+
+    def _merge_published(self, key: bytes, st: MessageState, s: Summary | None = None) -> bool:
+        """Set the marks of alerts found on the topic (the state is then written); True if any was new."""
+        bits = self.published.pop(key, None)
+        add = 0
+        for bit in bits or ():
+            add |= bit
+        if st.alerted & add == add:
+            return False
+        st.alerted |= add
+        if s is None:
+            s = summarize(split_message_key(key.decode())[0], st.events)
+        self._track_open(key, st, s)
+        return True
+
+    def _track_open(self, key: bytes, st: MessageState, s: Summary) -> None:
+        """List the message as stuck (``/alerts``, gauge) if its current stage was alerted and not resolved."""
+        if key in self.stuck_open:
+            return
+        source, tenant, mid = split_message_key(key.decode())
+        d = deadline(s, tenant, self.slas)
+        if d is None:
+            return
+        rank = STAGE_RANK[d.stage]
+        if st.alerted & (1 << rank) and not st.alerted & (1 << (rank + _RESOLVED_SHIFT)):
+            self.stuck_open[key] = {"type": "stuck", "source": source, "tenant": tenant,
+                                    "channel": s.channel, "message_id": mid, "stage": d.stage,
+                                    "since": format_ts_us(d.since_us), "deadline": format_ts_us(d.deadline_us),
+                                    "detected_at": None, "sla_seconds": d.sla_s}
+            self.metrics.stuck_inc(tenant, s.channel, d.stage)
+
     def rebuild(self) -> None:
         """Derive the funnel share, deadline and expiry indexes from the owned table partitions."""
-        topic = self.t_events.get_topic_name()
-        active = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+        active = self._active_partitions()
         self.share.clear()
         self.deadlines = DeadlineIndex()
         self.expiry = DeadlineIndex()
@@ -568,20 +641,14 @@ class Pipeline:
             if not raw or self.partition_of(key.decode()) not in active:
                 continue
             st = MessageState.from_bytes(raw)
-            source, tenant, mid = split_message_key(key.decode())
+            source, tenant, _ = split_message_key(key.decode())
             s = summarize(source, st.events)
             self.share.add_summary(tenant, s, self.window_us, st.touched_us)
-            self._schedule(key, tenant, st, s)
-            for rank in (0, 1):
-                if st.alerted & (1 << rank) and not st.alerted & (1 << (rank + _RESOLVED_SHIFT)):
-                    d = deadline(s, tenant, self.slas)
-                    if d is not None and STAGE_RANK[d.stage] == rank:
-                        self.stuck_open[key] = {"type": "stuck", "source": source, "tenant": tenant,
-                                                "channel": s.channel, "message_id": mid, "stage": d.stage,
-                                                "since": format_ts_us(d.since_us),
-                                                "deadline": format_ts_us(d.deadline_us),
-                                                "detected_at": None, "sla_seconds": d.sla_s}
-                        self.metrics.stuck_inc(tenant, s.channel, d.stage)
+            self._schedule(key, tenant, st, s)  # marks not yet written: their check writes them
+            bits = self.published.get(key)
+            if bits:  # listed as stuck if the topic says so, even before the mark lands
+                st.alerted |= sum(bits)
+            self._track_open(key, st, s)
             n += 1
         self.inflight = n
         self.metrics.inflight_set(n)

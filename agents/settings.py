@@ -145,6 +145,12 @@ class Settings(BaseSettings):
     publish_interval_s: float = Field(10.0, gt=0)
     alert_max_lag: int = Field(1000, ge=0)
     alert_tick_s: float = Field(1.0, gt=0)
+    # After taking over partitions, the alerts topic is re-read for alerts whose marks were
+    # lost (acked, then a crash before the changelog write): from the partition's last
+    # changelog write minus this margin, at most this far back, giving up after this long.
+    alert_reconcile_margin_s: float = Field(120.0, ge=0)
+    alert_reconcile_lookback_s: float = Field(86400.0, gt=0)
+    alert_reconcile_timeout_s: float = Field(30.0, gt=0)
     max_tenants_label: int = Field(50, ge=0)
     # Hot path: events are processed in batches of up to this many, waiting at most this long.
     batch_max_events: int = Field(1000, ge=1)

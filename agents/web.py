@@ -643,6 +643,30 @@ def _install_test_crash_hook(pipeline: "Pipeline", kind: str) -> None:
     pipeline._test_crash_hook = crash_on_kind  # type: ignore[method-assign]
 
 
+def _install_test_exit_hook(pipeline: "Pipeline", spec: str) -> None:
+    """``TYPE:N``: the process dies (``os._exit``, nothing flushed, like SIGKILL) as soon as N
+    alerts of TYPE were acked, before the table writes that mark them."""
+    alert_type, _, n = spec.partition(":")
+    limit = int(n)
+    log.warning("FUNNELWATCH_TEST_EXIT_AFTER_ALERTS is set: the worker dies after %d acked %r alerts "
+                "(test-only; never set it in production)", limit, alert_type)
+    sent = {"n": 0}
+    send = pipeline._send_alert_acked
+
+    async def counting_send(key: bytes, alert: dict) -> None:
+        await send(key, alert)
+        if alert["type"] == alert_type:
+            sent["n"] += 1
+
+    def exit_when_acked() -> None:
+        if sent["n"] >= limit:
+            log.warning("FUNNELWATCH_TEST_EXIT_AFTER_ALERTS: %d %r alerts acked: exiting now", sent["n"], alert_type)
+            os._exit(137)
+
+    pipeline._send_alert_acked = counting_send  # type: ignore[method-assign]
+    pipeline._test_alerts_acked_hook = exit_when_acked  # type: ignore[method-assign]
+
+
 # ----------------------------------------------------------------------------- register
 
 
@@ -652,6 +676,9 @@ def register(pipeline: "Pipeline") -> None:
     crash_kind = os.environ.get("FUNNELWATCH_TEST_CRASH_KIND")
     if crash_kind:
         _install_test_crash_hook(pipeline, crash_kind)
+    exit_spec = os.environ.get("FUNNELWATCH_TEST_EXIT_AFTER_ALERTS")
+    if exit_spec:
+        _install_test_exit_hook(pipeline, exit_spec)
     messages = make_message_view(pipeline)
     pipeline.page("/", make_dashboard_view(pipeline))
     pipeline.page("/messages", messages)

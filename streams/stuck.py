@@ -145,3 +145,45 @@ class DeadlineIndex:
     def _compact(self) -> None:
         self._heap = [(d, k, s) for k, (d, s) in self._live.items()]
         heapq.heapify(self._heap)
+
+
+# --------------------------------------------------------------------------- alert marks
+# ``MessageState.alerted`` records which alerts went out: bit ``rank`` = stuck alert for the
+# stage of that rank (queued 0, sent 1), bit ``rank + RESOLVED_SHIFT`` = its resolved alert.
+RESOLVED_SHIFT = 4
+
+
+def stuck_bit(rank: int) -> int:
+    return 1 << rank
+
+
+def resolved_bit(rank: int) -> int:
+    return 1 << (rank + RESOLVED_SHIFT)
+
+
+def alert_mark(alert_type: object, stage: object) -> int:
+    """The ``alerted`` bit an alert record stands for (0: not a per-message stuck/resolved alert)."""
+    if stage not in STUCK_STAGES:
+        return 0
+    rank = STUCK_STAGES.index(stage)  # type: ignore[arg-type]
+    if alert_type == "stuck":
+        return stuck_bit(rank)
+    if alert_type == "resolved":
+        return resolved_bit(rank)
+    return 0
+
+
+def reconcile_from_us(last_write_us: Mapping[int, int | None], *, now_us: int, margin_us: int,
+                      max_lookback_us: int) -> dict[int, int]:
+    """Per table partition, from when to re-read the alerts topic after taking it over.
+
+    A mark is written to the changelog only after its alert was acked, so a crash (or a
+    hand-over) can lose the marks of alerts sent shortly before it — never earlier than the
+    partition's last landed changelog write minus the time a batch takes (``margin_us``).
+    A partition without any write reads back ``max_lookback_us``, which also caps the rest.
+    """
+    floor = now_us - max_lookback_us
+    out: dict[int, int] = {}
+    for part, last in last_write_us.items():
+        out[part] = floor if last is None else max(floor, min(last, now_us) - margin_us)
+    return out

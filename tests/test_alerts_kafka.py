@@ -434,6 +434,70 @@ def test_sigkill_restart_no_duplicates_and_missed_deadlines_fire(alert_env: dict
     print(f"[alerts] SIGKILL test took {time.monotonic() - t_start:.1f}s")
 
 
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("store", ["memory://", "rocksdict://"])
+def test_marks_lost_in_a_crash_are_taken_back_from_the_alerts_topic(alert_env: dict, store: str) -> None:
+    """The worst moment to die: alerts acked, the table writes that mark them not yet sent.
+    A test hook exits the process exactly there (``os._exit``: nothing flushed), first after
+    the stuck alerts, then, in the next worker, after a resolved one. Each next owner must
+    take the marks back from the alerts topic: no alert repeats, the stuck ones are listed."""
+    t_start = time.monotonic()
+    bs, topics = alert_env["bootstrap"], alert_env["topics"]
+    sla = {"queued": 3, "sent": 120}
+    base = {"FUNNELWATCH_SLA_S": json.dumps({"sms": sla}), "FUNNELWATCH_STORE": store,
+            "BROKER_SESSION_TIMEOUT": "10", "BROKER_HEARTBEAT_INTERVAL": "1"}
+    make_env = alert_env["make_env"]
+    tenant = "lima"
+    mids = [f"m{i}-{secrets.token_hex(3)}" for i in range(6)]
+    want = {(m, "queued") for m in mids}
+
+    def resolved_pairs(alerts: list[dict]) -> Counter:
+        return Counter((a["message_id"], a["stage"]) for a in alerts if a["type"] == "resolved")
+
+    with WorkerPool() as pool, AlertTail(bs, topics["alerts"], 2) as tail:
+        w1 = pool.start("w1", make_env(**base, FUNNELWATCH_TEST_EXIT_AFTER_ALERTS=f"stuck:{len(mids)}"))
+        w1.wait_ready(45)
+        t0 = utcnow()
+        produce_events(bs, topics["activity_sync"], [(m, as_event("outbound-sms", tenant, m, t0)) for m in mids])
+        tail.wait(lambda a: set(stuck_pairs(a)) >= want, sla["queued"] + 10, "stuck alerts")
+        assert w1.proc.wait(15) == 137, "the test hook should have ended w1 right after the acks"
+
+        w2 = pool.start("w2", make_env(**base, FUNNELWATCH_TEST_EXIT_AFTER_ALERTS="resolved:1"))
+        w2.wait_ready(60)
+        body = w2.wait_json("/alerts", lambda b: b.get("total") == len(mids), 15, "w2 lists the 6 stuck messages")
+        assert {(r["message_id"], r["stage"]) for r in body["alerts"]} == want
+        time.sleep(3.0)  # ticks: the overdue checks write the marks taken back; nothing is re-sent
+        assert stuck_pairs(tail.alerts()) == Counter({p: 1 for p in want}), stuck_pairs(tail.alerts())
+        st, raw = w2.get("/metrics")
+        assert st == 200
+        text = raw.decode()
+        assert metric_value(text, "funnel_alert_marks_reconciled_total", {"type": "stuck"}) >= 1, (
+            "w1 died before writing its last marks: w2 must have taken some back")
+        assert metric_value(text, "funnel_alerts_total", {"type": "stuck"}) == 0
+        assert metric_value(text, "funnel_stuck_messages", {"stage": "queued"}) == len(mids)
+        assert metric_value(text, "funnel_alert_reconcile_failures_total") == 0
+
+        produce_events(bs, topics["activity_sync"], [(mids[0], as_event("message-delivered", tenant, mids[0],
+                                                                          utcnow()))])
+        tail.wait(lambda a: resolved_pairs(a)[(mids[0], "queued")] >= 1, 15, "resolved alert for m0")
+        assert w2.proc.wait(15) == 137, "the test hook should have ended w2 right after the resolved ack"
+
+        w3 = pool.start("w3", make_env(**base))
+        w3.wait_ready(60)
+        w3.wait_json("/alerts", lambda b: b.get("total") == len(mids) - 1, 15, "w3 lists the 5 still stuck")
+        time.sleep(3.0)
+        alerts = tail.alerts()
+        assert stuck_pairs(alerts) == Counter({p: 1 for p in want}), stuck_pairs(alerts)
+        assert resolved_pairs(alerts) == Counter({(mids[0], "queued"): 1}), resolved_pairs(alerts)
+        st, raw = w3.get("/metrics")
+        text = raw.decode()
+        assert metric_value(text, "funnel_alert_marks_reconciled_total", {"type": "resolved"}) == 1
+        assert metric_value(text, "funnel_alerts_total") == 0
+        assert metric_value(text, "funnel_stuck_messages", {"stage": "queued"}) == len(mids) - 1
+        w3.check_alive()
+    print(f"\n[alerts] {store}: lost marks taken back twice; test took {time.monotonic() - t_start:.1f}s")
+
+
 # The dead-letter stretch guards a fixed bug: the gate once used faust's read offsets, which
 # advance when a record is *buffered*, so it opened while deliveries were still unprocessed.
 

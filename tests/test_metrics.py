@@ -32,6 +32,9 @@ SPEC_METRICS: dict[str, tuple[str, set[str]]] = {
     "funnelwatch_build_info": ("gauge", {"version"}),
     # Beyond SPEC §10: the pipeline's re-read of records faust skipped (agents/pipeline.py).
     "funnel_offset_gaps_repaired_total": ("counter", {"topic"}),
+    # ... and its re-read of the alerts topic after a takeover (lost alert marks).
+    "funnel_alert_marks_reconciled_total": ("counter", {"type"}),
+    "funnel_alert_reconcile_failures_total": ("counter", set()),
 }
 
 
@@ -56,6 +59,8 @@ def exercise_all(m: Metrics) -> None:
     m.stuck_set("t1", "email", "sent", 2)
     m.alert("stuck")
     m.alert_suppressed()
+    m.alert_marks_reconciled("stuck", 2)
+    m.alert_reconcile_failed()
     m.inflight_set(3)
     m.out_of_order()
     m.conflicting_outcome()

@@ -303,3 +303,43 @@ def test_pop_due_cost_10_due_among_200000_touches_few_entries():
     # each heappop sifts through ~2*log2(n) ≈ 36 entries; nowhere near n
     print(f"pop_due: {lookups} lookups, {comparisons} comparisons for 10 due of {n}")
     assert comparisons < 1500, comparisons
+
+
+# ---- alert marks and the reconcile start (table-driven) ------------------------------------------
+@pytest.mark.parametrize("alert_type,stage,bit", [
+    ("stuck", "queued", 0b1), ("stuck", "sent", 0b10),
+    ("resolved", "queued", 0b1_0000), ("resolved", "sent", 0b10_0000),
+    ("stuck", "delivered", 0), ("resolved", "failed", 0), ("campaign_error", None, 0),
+    ("stuck", None, 0), (None, "queued", 0), ("STUCK", "queued", 0), ("stuck", ["queued"], 0),
+    ("stuck", 1, 0),
+])
+def test_alert_mark(alert_type, stage, bit):
+    from streams.stuck import alert_mark
+
+    assert alert_mark(alert_type, stage) == bit
+
+
+def test_alert_mark_bits_are_the_ones_the_state_keeps():
+    from streams.stuck import RESOLVED_SHIFT, resolved_bit, stuck_bit
+
+    bits = [stuck_bit(0), stuck_bit(1), resolved_bit(0), resolved_bit(1)]
+    assert len(set(bits)) == 4 and all(b < 256 for b in bits)  # MessageState.alerted is one byte
+    assert resolved_bit(1) == stuck_bit(1) << RESOLVED_SHIFT
+
+
+NOW = T0 + 86400 * S
+
+
+@pytest.mark.parametrize("last,expected", [
+    ({0: NOW - 5 * S}, {0: NOW - 125 * S}),  # last write 5 s ago: back one margin (120 s) from it
+    ({0: None}, {0: NOW - 3600 * S}),  # nothing ever landed: the whole lookback
+    ({0: NOW - 7200 * S}, {0: NOW - 3600 * S}),  # an old last write is capped by the lookback
+    ({0: NOW - 3500 * S}, {0: NOW - 3600 * S}),  # margin crossing the cap: the cap
+    ({0: NOW + 60 * S}, {0: NOW - 120 * S}),  # clock skew: a write "in the future" counts as now
+    ({0: NOW, 1: None, 2: NOW - 600 * S}, {0: NOW - 120 * S, 1: NOW - 3600 * S, 2: NOW - 720 * S}),
+    ({}, {}),
+])
+def test_reconcile_from(last, expected):
+    from streams.stuck import reconcile_from_us
+
+    assert reconcile_from_us(last, now_us=NOW, margin_us=120 * S, max_lookback_us=3600 * S) == expected
