@@ -44,6 +44,7 @@ async def read_published(settings: Settings, *, alerts_topic: str, changelog_top
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers, group_id=None, enable_auto_commit=False,
         client_id=f"{settings.app_id}-alert-reconcile", isolation_level="read_committed",
+        fetch_max_wait_ms=50,  # reads stop at known end offsets: never wait for new data
         **settings.aiokafka_security_kwargs())
     await consumer.start()
     try:
