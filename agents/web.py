@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import orjson
 
 from streams.events import message_key
+from streams.stuck import RESOLVED_SHIFT as _RESOLVED_SHIFT  # MessageState.alerted bits
 from streams.kinds import KINDS, SOURCES, STAGES
 from streams.lifecycle import MessageState, summarize
 from streams.stuck import deadline
@@ -74,7 +75,6 @@ BODY_READ_TIMEOUT_S = 30.0
 ACK_TIMEOUT_S = 30.0
 FORWARD_TIMEOUT_S = 5.0
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_RESOLVED_SHIFT = 4  # MessageState.alerted: 1<<rank = stuck alert sent; 1<<(rank+4) = resolved sent
 _ALERT_RANKS = (0, 1)  # queued, sent
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
