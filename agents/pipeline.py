@@ -587,25 +587,23 @@ class Pipeline:
             return
         n = 0
         for key, bits in found.items():
-            st = self._load(key)
+            st = self._load(key)  # None: expired, or its first write was lost (re-processing re-creates it)
             missing = {b: a for b, a in bits.items() if st is None or not st.alerted & b}
             if missing:
                 self.published.setdefault(key, {}).update(missing)
-                for alert in missing.values():
-                    self.metrics.alert_marks_reconciled(alert["type"])
                 n += len(missing)
-        log.info("funnelwatch: alerts re-read for partitions %s in %.2fs: %d alerts, %d marks taken back",
+        log.info("funnelwatch: alerts re-read for partitions %s in %.2fs: %d alerts, %d not marked in the table",
                  sorted(parts), time.monotonic() - t0, sum(len(b) for b in found.values()), n)
 
     def _merge_published(self, key: bytes, st: MessageState, s: Summary | None = None) -> bool:
         """Set the marks of alerts found on the topic (the state is then written); True if any was new."""
-        bits = self.published.pop(key, None)
-        add = 0
-        for bit in bits or ():
-            add |= bit
-        if st.alerted & add == add:
+        bits = self.published.pop(key, None) or {}
+        new = {bit: alert for bit, alert in bits.items() if not st.alerted & bit}
+        if not new:
             return False
-        st.alerted |= add
+        for bit, alert in new.items():
+            st.alerted |= bit
+            self.metrics.alert_marks_reconciled(alert["type"])
         if s is None:
             s = summarize(split_message_key(key.decode())[0], st.events)
         self._track_open(key, st, s)

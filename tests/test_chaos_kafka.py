@@ -441,15 +441,13 @@ def sigkill(w: Worker) -> None:
 # --------------------------------------------------------------------------------- tests
 
 
-FAUST_SKIP_BUG = (
-    "faust-streaming 0.15.3 can drop records fetched for a partition while tables recover and "
-    "commit past them (streams.py generation/flow-control skip + consumer gap booking; upstream "
-    "#606/#318/#221). agents/pipeline.py re-reads such gaps (funnel_offset_gaps_repaired_total), "
-    "which made these pass in the last runs, but the race is upstream: kept non-strict until proven "
-    "over many runs in CI")
+# faust-streaming 0.15.3 can drop records fetched for a partition while tables recover and
+# commit past them (upstream #606/#318/#221): agents/pipeline.py re-reads such gaps
+# (funnel_offset_gaps_repaired_total). A SIGKILL can also lose the marks of alerts acked just
+# before it: agents/reconcile.py takes them back from the alerts topic. Both tests below
+# guard those two fixes; they were non-strict xfail until the second one landed.
 
 
-@pytest.mark.xfail(reason=FAUST_SKIP_BUG, strict=False)
 @pytest.mark.timeout(200)
 def test_sigkill_mid_stream_three_times_funnel_equals_replay_and_alerts_exact(rig_factory) -> None:
     """≥ 50,000 generated events stream in at a steady rate while the only worker is
@@ -627,7 +625,6 @@ class BrokerControl:
 # --------------------------------------------------------------------------------- tests
 
 
-@pytest.mark.xfail(reason=FAUST_SKIP_BUG, strict=False)
 @pytest.mark.timeout(200)
 def test_rebalance_storm_funnel_equals_replay_and_one_owner_per_key(rig_factory) -> None:
     """While records stream in: one worker, a second and a third join, one leaves (SIGTERM),
