@@ -50,6 +50,10 @@ OP_EVENT, OP_CHECK, OP_EXPIRE, OP_BUNDLE = 0, 1, 2, 3
 _LATENCY_PAIRS = ((0, 1), (1, 2), (2, 3), (2, 4))  # queued→sent, sent→delivered, delivered→opened/clicked
 
 
+class DeadLetterError(RuntimeError):
+    """Dead letters Kafka would not acknowledge: the ingest agent stops instead of losing them."""
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
 
@@ -146,6 +150,13 @@ class Pipeline:
 
         register_web_views(self)
 
+    def internal_topics(self) -> dict[str, tuple[int, dict[str, str]]]:
+        """The topics faust would create for this app: name -> (partitions, configs)."""
+        n = self.s.topic_partitions
+        return {self.t_events.get_topic_name(): (n, {}),
+                self.messages.changelog_topic.get_topic_name(): (n, {"cleanup.policy": "compact"}),
+                f"{self.s.app_id}-__assignor-__leader": (1, {})}
+
     def page(self, path: str, handler: Any, methods: tuple[str, ...] = ("GET",)) -> None:
         """Register a handler ``(web, request)`` as a faust web view answering ``methods``.
 
@@ -186,6 +197,7 @@ class Pipeline:
                 # message's events in order — the lifecycle agent then pays faust's per-record
                 # cost once per bundle instead of once per event.
                 bundles: dict[int, dict[str, list]] = {}
+                dead: list[tuple[Any, tuple]] = []
                 for event in batch:
                     raw = event.value if event.value is not None else b""
                     out = normalize(raw, max_bytes)
@@ -202,10 +214,14 @@ class Pipeline:
                         else:
                             rec += (out.kind.code, out.ts_us)
                     else:
-                        await self._ingest_other(out, raw, event.message, name)
+                        sent = await self._ingest_other(out, raw, event.message, name)
+                        if sent is not None:
+                            dead.append(sent)
                 for part, entries in bundles.items():
                     await producer_send(events_name, None, orjson.dumps([OP_BUNDLE, *entries.values()]),
                                         part, None, None)
+                if dead:
+                    await self._await_dead_letters(dead)
                 for event in batch:
                     processed[event.message.tp] = event.message.offset
                 self._test_crash_hook(batch)
@@ -246,20 +262,41 @@ class Pipeline:
     def _test_alerts_acked_hook(self) -> None:
         """Overridden by agents.web when FUNNELWATCH_TEST_EXIT_AFTER_ALERTS is set (tests only)."""
 
-    async def _ingest_other(self, out: Any, raw: bytes, msg: Any, topic_name: str) -> None:
+    async def _await_dead_letters(self, sent: list[tuple[Any, tuple]]) -> None:
+        """Dead letters are acked before their records count as processed: never lost silently.
+
+        One not acked within ``dead_letter_ack_timeout_s`` (or failed) is sent again, up to
+        three times in all; then the agent crashes (logged, ``/health/live`` 503) rather than
+        commit past it.
+        """
+        for attempt in range(1, 4):
+            _, pending = await asyncio.wait([f for f, _ in sent], timeout=self.s.dead_letter_ack_timeout_s)
+            retry = [(f, args) for f, args in sent if f in pending or f.exception() is not None]
+            if not retry:
+                return
+            first = retry[0][0]
+            log.warning("funnelwatch: %d dead letter(s) not acknowledged (attempt %d: %s): sending again",
+                        len(retry), attempt, "timeout" if first in pending else repr(first.exception()))
+            sent = [(await self.t_dlq.send(key=k, value=v, headers=h), (k, v, h)) for _, (k, v, h) in retry]
+        raise DeadLetterError(f"{len(sent)} dead letter(s) not acknowledged after 3 attempts")
+
+    async def _ingest_other(self, out: Any, raw: bytes, msg: Any, topic_name: str) -> tuple[Any, tuple] | None:
+        """Dead-letter, count or alert a record that is not a lifecycle event; a dead letter's
+        send future (and what to send again) is returned for the batch to await."""
         m = self.metrics
         if type(out) is Rejected:
             src = out.source or "unknown"
             if out.source is not None:
                 m.event(src, metric_kind(src, out.kind), known_kind(src, out.kind))
             m.rejected(src, out.reason)
-            await self.t_dlq.send(key=msg.key, value=raw, headers=[
+            headers = [
                 ("dlq.reason", out.reason.encode()),
                 ("dlq.source.topic", topic_name.encode()),
                 ("dlq.source.partition", str(msg.partition).encode()),
                 ("dlq.source.offset", str(msg.offset).encode()),
                 ("dlq.error", out.error.encode()),
-            ])
+            ]
+            return await self.t_dlq.send(key=msg.key, value=raw, headers=headers), (msg.key, raw, headers)
         elif type(out) is NonLifecycle:
             m.event(out.source, metric_kind(out.source, out.kind), True)
             if out.alert is not None:
@@ -274,6 +311,7 @@ class Pipeline:
             m.ignored(out.source, out.reason)
         else:  # pragma: no cover - a new outcome type is a bug, crash loudly
             raise TypeError(f"unhandled outcome {type(out).__name__}")
+        return None
 
     # ------------------------------------------------------------------ lifecycle
     async def _lifecycle(self, stream):

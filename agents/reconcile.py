@@ -59,9 +59,9 @@ async def _read(consumer: AIOKafkaConsumer, alerts_topic: str, changelog_topic: 
                 partition_of: Callable[[str], int], now_us: int, s: Settings) -> Published:
     cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - metadata of any topic, no group
     last: dict[int, int | None] = {p: None for p in parts}
-    if cluster.partitions_for_topic(changelog_topic):
-        tps = [TopicPartition(changelog_topic, p) for p in sorted(parts)
-               if p in cluster.partitions_for_topic(changelog_topic)]
+    changelog_parts = cluster.partitions_for_topic(changelog_topic) or set()
+    tps = [TopicPartition(changelog_topic, p) for p in sorted(parts & changelog_parts)]
+    if tps:
         ends = await consumer.end_offsets(tps)
         firsts = await consumer.beginning_offsets(tps)
         starts = {tp: max(firsts[tp], ends[tp] - _CHANGELOG_TAIL) for tp in tps}

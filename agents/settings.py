@@ -151,6 +151,8 @@ class Settings(BaseSettings):
     alert_reconcile_margin_s: float = Field(120.0, ge=0)
     alert_reconcile_lookback_s: float = Field(86400.0, gt=0)
     alert_reconcile_timeout_s: float = Field(30.0, gt=0)
+    # A dead letter not acked within this is sent again (3 tries), then the ingest agent stops.
+    dead_letter_ack_timeout_s: float = Field(10.0, gt=0)
     max_tenants_label: int = Field(50, ge=0)
     # Hot path: events are processed in batches of up to this many, waiting at most this long.
     batch_max_events: int = Field(1000, ge=1)

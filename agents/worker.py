@@ -45,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     pipeline = Pipeline(settings)
     app = pipeline.app
+    from .topics import ensure_topics_blocking
+
+    ensure_topics_blocking(settings, pipeline.internal_topics())
     if settings.faust_prometheus_sensor:
         from faust.sensors.prometheus import setup_prometheus_sensors
 
