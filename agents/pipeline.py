@@ -345,7 +345,7 @@ class Pipeline:
                     writes.append((key, state.to_bytes(), ops[-1][1]))
             if self._pending_alerts:
                 # Alerts are acked before the state marks that record them land (see
-                # _send_alert): a crash may repeat an alert, never lose one.
+                # _send_alert_acked): a crash never loses one; marks it loses are re-read.
                 await asyncio.gather(*self._pending_alerts)
                 self._pending_alerts.clear()
                 self._test_alerts_acked_hook()
@@ -460,7 +460,8 @@ class Pipeline:
 
         The mark travels in the table's changelog; were it to land while the alert was still in
         the producer's buffer, a crash would lose the alert for good. Acked first, a crash can
-        at worst repeat it (between the ack and the changelog write: milliseconds).
+        only lose the mark (between the ack and the changelog write: milliseconds), which the
+        next owner takes back from the alerts topic (``_reconcile``) instead of alerting again.
         """
         self._pending_alerts.append(await self.t_alerts.send(key=key, value=orjson.dumps(alert)))
 
