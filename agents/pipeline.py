@@ -36,7 +36,7 @@ from streams.kinds import KINDS, STAGE_RANK, STAGES, known_kind, metric_kind
 from streams.lifecycle import MessageState, Summary, apply, contribution_delta, summarize
 from streams.normalize import normalize
 from streams.stuck import RESOLVED_SHIFT as _RESOLVED_SHIFT
-from streams.stuck import DeadlineIndex, SlaTable, deadline
+from streams.stuck import DeadlineIndex, SlaTable, deadline, resolved_bit, stuck_bit
 from streams.timeparse import US_PER_S, format_ts_us, parse_ts_us
 
 from .funnel import FunnelCollector, FunnelShare, merge_windows, rows_json
@@ -657,7 +657,7 @@ class Pipeline:
         if d is None:
             return
         rank = STAGE_RANK[d.stage]
-        if st.alerted & (1 << rank) and not st.alerted & (1 << (rank + _RESOLVED_SHIFT)):
+        if st.alerted & stuck_bit(rank) and not st.alerted & resolved_bit(rank):
             self.stuck_open[key] = {"type": "stuck", "source": source, "tenant": tenant,
                                     "channel": s.channel, "message_id": mid, "stage": d.stage,
                                     "since": format_ts_us(d.since_us), "deadline": format_ts_us(d.deadline_us),

@@ -20,6 +20,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.stuck import alert_mark, reconcile_from_us
+from streams.timeparse import US_PER_S
 
 from .settings import Settings
 
@@ -69,8 +70,8 @@ async def _read(consumer: AIOKafkaConsumer, alerts_topic: str, changelog_topic: 
             ts = rec.timestamp * US_PER_MS
             prev = last[rec.partition]
             last[rec.partition] = ts if prev is None else max(prev, ts)
-    start_us = reconcile_from_us(last, now_us=now_us, margin_us=int(s.alert_reconcile_margin_s * 1e6),
-                                 max_lookback_us=int(s.alert_reconcile_lookback_s * 1e6))
+    start_us = reconcile_from_us(last, now_us=now_us, margin_us=int(s.alert_reconcile_margin_s * US_PER_S),
+                                 max_lookback_us=int(s.alert_reconcile_lookback_s * US_PER_S))
     alert_parts = sorted(cluster.partitions_for_topic(alerts_topic) or ())
     if not alert_parts:
         return {}

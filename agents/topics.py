@@ -38,17 +38,25 @@ async def ensure_topics(settings: Settings, specs: TopicSpecs, timeout_s: float)
             errors = [t for t in resp.topic_errors if t[1] not in (0, 36)]  # 36: already exists (a peer won)
             if errors:
                 raise RuntimeError(f"create_topics: {errors}")
-        deadline = time.monotonic() + timeout_s
-        while True:
-            described = await admin.describe_topics(list(specs))
-            if all(t["error_code"] == 0 and len(t["partitions"]) >= specs[t["topic"]][0]
-                   and all(p["leader"] >= 0 for p in t["partitions"]) for t in described):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"internal topics without leaders after {timeout_s:.0f} s")
-            await asyncio.sleep(0.2)
+        await wait_for_leaders(admin, {name: parts for name, (parts, _) in specs.items()}, timeout_s)
     finally:
         await admin.close()
+
+
+async def wait_for_leaders(admin: AIOKafkaAdminClient, partitions: Mapping[str, int], timeout_s: float,
+                           poll_s: float = 0.1) -> None:
+    """Return once every topic exists with its ``partitions`` and each has a leader."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = await admin.describe_topics(list(partitions))
+        ready = {t["topic"] for t in described
+                 if t["error_code"] == 0 and len(t["partitions"]) >= partitions[t["topic"]]
+                 and all(p["leader"] >= 0 for p in t["partitions"])}
+        if ready >= set(partitions):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics without leaders after {timeout_s:.0f} s: {sorted(set(partitions) - ready)}")
+        await asyncio.sleep(poll_s)
 
 
 def ensure_topics_blocking(settings: Settings, specs: TopicSpecs, timeout_s: float = 30.0) -> None:

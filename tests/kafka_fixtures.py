@@ -37,6 +37,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from agents.topics import wait_for_leaders
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = REPO_ROOT / "deploy" / "kafka" / "kafka.sh"
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
@@ -119,21 +121,7 @@ async def create_topics(
         errors = [t for t in resp.topic_errors if t[1] != 0]
         if errors:
             raise RuntimeError(f"create_topics failed: {errors}")
-        deadline = time.monotonic() + timeout_s
-        while True:
-            described = await admin.describe_topics(list(spec))
-            ready = {
-                t["topic"]
-                for t in described
-                if t["error_code"] == 0
-                and len(t["partitions"]) == spec[t["topic"]]
-                and all(p["leader"] >= 0 for p in t["partitions"])
-            }
-            if ready >= set(spec):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topics not ready after {timeout_s}s: {set(spec) - ready}")
-            await asyncio.sleep(0.1)
+        await wait_for_leaders(admin, spec, timeout_s)
     finally:
         await admin.close()
 
