@@ -237,6 +237,12 @@ class Metrics:
             "Times a partition jumped past unprocessed records and was re-read (faust skip), by topic.",
             ("topic",), registry=r,
         )
+        self.gaps_accepted_total = Counter(
+            "funnel_offset_gaps_accepted",
+            "Offset ranges the broker does not have (seen again after re-reads: transaction markers, "
+            "retention), moved past, by topic.",
+            ("topic",), registry=r,
+        )
         self.alert_marks_reconciled_total = Counter(
             "funnel_alert_marks_reconciled",
             "Alert marks taken from the alerts topic after a takeover (alert acked, its mark lost), by type.",
@@ -406,6 +412,9 @@ class Metrics:
 
     def gap_repaired(self, topic: str) -> None:
         self.gaps_repaired_total.labels(topic).inc()
+
+    def gap_accepted(self, topic: str) -> None:
+        self.gaps_accepted_total.labels(topic).inc()
 
     def alert_marks_reconciled(self, alert_type: str, n: int = 1) -> None:
         self.alert_marks_reconciled_total.labels(alert_type).inc(n)

@@ -41,6 +41,7 @@ from streams.timeparse import US_PER_S, format_ts_us, parse_ts_us
 
 from .funnel import FunnelCollector, FunnelShare, merge_windows, rows_json
 from .metrics import Metrics, render
+from .offsets import OffsetTracker
 from .reconcile import Published, read_published
 from .settings import Settings
 
@@ -76,9 +77,9 @@ class Pipeline:
         self.suppressed: set[tuple[bytes, str]] = set()
         self.ready = False
         self.inflight = 0
-        self.processed: dict[Any, int] = {}  # TP -> last offset fully processed (lag gate)
+        self.offsets = OffsetTracker()  # TP -> next offset not yet processed: lag gate and commit point
         self._partition_cache: dict[str, int] = {}
-        self._gaps_seen: dict[Any, tuple[int, int]] = {}
+        self._seeks_logged: set[tuple[Any, int]] = set()
         self._pending_alerts: list[Any] = []
         self.published: Published = {}  # alerts found on the topic whose marks the table lacks
         self._owned: set[int] = set()  # events/table partitions owned since the last rebalance
@@ -183,7 +184,6 @@ class Pipeline:
         events_name = self.t_events.get_topic_name()
         producer_send = None
         name = topic.get_topic_name()
-        processed = self.processed
         batch_max, within_s = self.s.batch_max_events, self.s.batch_within_s
         partition_of = self.partition_of
 
@@ -192,7 +192,9 @@ class Pipeline:
             async for batch in stream.take_events(batch_max, within=within_s):
                 if producer_send is None:
                     producer_send = self.app.producer.send
-                await self._repair_gaps(batch)
+                batch = self._admit(batch)
+                if not batch:
+                    continue
                 # Bundle: one repartition record per target partition per batch, holding every
                 # message's events in order — the lifecycle agent then pays faust's per-record
                 # cost once per bundle instead of once per event.
@@ -222,39 +224,119 @@ class Pipeline:
                                         part, None, None)
                 if dead:
                     await self._await_dead_letters(dead)
-                for event in batch:
-                    processed[event.message.tp] = event.message.offset
+                await self._settle(batch)
                 self._test_crash_hook(batch)
         ingest.__name__ = f"ingest_{name}"
         return ingest
 
-    async def _repair_gaps(self, batch) -> None:
-        """Re-read records faust skipped: never commit what no agent processed.
+    def _admit(self, batch: list) -> list:
+        """The records of a batch this worker may process now.
 
-        faust-streaming 0.15 drops records fetched for a partition while tables recover (stale
-        generation / flow control) without acking them, then books the jump in offsets as a
-        compaction gap and commits past it: those events would be lost. Our topics are not
-        compacted, so a batch that starts past the next expected offset means records were
-        skipped: seek back and read them again (re-read events are duplicates: harmless).
-        A gap seen twice at the same place is real (retention, transaction markers): accept it.
+        None while a rebalance is under way (revoked, not yet recovered): what was buffered
+        is re-read from the committed offset by whoever owns the partition next. After it,
+        none of a partition no longer assigned (buffered before the revoke): its new owner
+        processes it; a late table write here would overwrite the owner's state.
         """
-        firsts: dict[Any, int] = {}
+        if not self.ready:
+            return []
+        assigned = self.app.consumer.assignment()
         for event in batch:
-            tp = event.message.tp
-            if tp not in firsts:
-                firsts[tp] = event.message.offset
-        for tp, first in firsts.items():
-            last = self.processed.get(tp)
-            expected = last + 1 if last is not None else self.app.consumer._committed_offset.get(tp)
-            if expected is None or first <= expected:
-                continue
-            if self._gaps_seen.get(tp) == (expected, first):
-                continue
-            self._gaps_seen[tp] = (expected, first)
-            self.metrics.gap_repaired(tp.topic)
-            log.warning("funnelwatch: %s/%d jumped from offset %d to %d: re-reading the skipped records",
-                        tp.topic, tp.partition, expected, first)
-            await self.app.consumer.seek(tp, expected)
+            if event.message.tp not in assigned:
+                return [e for e in batch if e.message.tp in assigned]
+        return batch
+
+    async def _settle(self, batch: list) -> None:
+        """Account for a processed batch (``agents.offsets``): advance each partition's commit
+        point over the records done in order; re-read from a hole faust skipped."""
+        per_tp: dict[Any, list[int]] = {}
+        for event in batch:
+            msg = event.message
+            offs = per_tp.get(msg.tp)
+            if offs is None:
+                per_tp[msg.tp] = [msg.offset]
+            else:
+                offs.append(msg.offset)
+        offsets = self.offsets
+        for tp, offs in per_tp.items():
+            if not offsets.knows(tp):
+                start = await self._start_offset(tp)
+                if start is not None:
+                    offsets.start(tp, start)
+            out = offsets.observe(tp, offs)
+            for a, b in out.accepted:
+                self.metrics.gap_accepted(tp.topic)
+                log.warning("funnelwatch: %s/%d has no records at offsets %d..%d (skipped again after re-reads: "
+                            "transaction markers or retention): moving on", tp.topic, tp.partition, a, b - 1)
+            if out.seek_to is not None:
+                self.metrics.gap_repaired(tp.topic)
+                if (tp, out.seek_to) not in self._seeks_logged:
+                    if len(self._seeks_logged) > 10_000:
+                        self._seeks_logged.clear()
+                    self._seeks_logged.add((tp, out.seek_to))
+                    log.warning("funnelwatch: %s/%d: records from offset %d were skipped (got %s): re-reading them",
+                                tp.topic, tp.partition, out.seek_to, _first_past(offs, out.seek_to))
+                try:
+                    await self.app.consumer.seek(tp, out.seek_to)
+                except Exception as exc:  # noqa: BLE001 - revoked meanwhile: its next owner reads it
+                    log.warning("funnelwatch: could not seek %s/%d back to %d: %r",
+                                tp.topic, tp.partition, out.seek_to, exc)
+
+    async def _start_offset(self, tp: Any) -> int | None:
+        """Where this generation's processing of ``tp`` starts: the group's committed offset,
+        else the log start (``auto_offset_reset=earliest``); None if the broker can't say."""
+        consumer = self.app.consumer
+        committed = consumer._committed_offset.get(tp)
+        if committed is not None:
+            return committed
+        try:
+            from aiokafka import TopicPartition
+
+            thread = consumer._thread
+            ak = thread._ensure_consumer()
+            atp = TopicPartition(tp.topic, tp.partition)
+            committed = await thread.call_thread(ak.committed, atp)
+            if committed is None or committed < 0:
+                committed = (await thread.call_thread(ak.beginning_offsets, [atp]))[atp]
+            return committed
+        except Exception as exc:  # noqa: BLE001 - then the first record processed is the start
+            log.warning("funnelwatch: no start offset for %s/%d: %r", tp.topic, tp.partition, exc)
+            return None
+
+    def _take_over_commits(self) -> None:
+        """Commit input and events offsets from :attr:`offsets` alone, not from faust's acks.
+
+        faust acks records its stream skipped and books offset jumps as compaction gaps
+        (``Consumer._new_offset``): it would commit past records no agent processed. Its
+        ack bookkeeping still runs (kept bounded); the offset it commits is ours, and a
+        partition whose commit point moved is committed even without new acks.
+        """
+        consumer = self.app.consumer
+        if getattr(consumer, "_funnelwatch_commits", False):
+            return
+        tracked = {self.t_as.get_topic_name(), self.t_ac.get_topic_name(), self.t_events.get_topic_name()}
+        nxt = self.offsets.next
+        committed = consumer._committed_offset
+        faust_new_offset = consumer._new_offset
+        faust_pending = consumer._filter_tps_with_pending_acks
+
+        def new_offset(tp: Any) -> int | None:
+            offset = faust_new_offset(tp)
+            return nxt.get(tp) if tp.topic in tracked else offset
+
+        def pending(topics: Any = None) -> Any:
+            tps = list(faust_pending(topics))
+            listed = set(tps)
+            for tp, n in list(nxt.items()):
+                if tp in listed or not (topics is None or tp in topics or tp.topic in topics):
+                    continue
+                c = committed.get(tp)
+                if c is None or n > c:
+                    tps.append(tp)
+            return iter(tps)
+
+        consumer._new_offset = new_offset
+        consumer._filter_tps_with_pending_acks = pending
+        consumer._funnelwatch_commits = True
 
     def _test_crash_hook(self, batch) -> None:
         """Overridden by agents.web when FUNNELWATCH_TEST_CRASH_KIND is set (tests only)."""
@@ -265,20 +347,31 @@ class Pipeline:
     async def _await_dead_letters(self, sent: list[tuple[Any, tuple]]) -> None:
         """Dead letters are acked before their records count as processed: never lost silently.
 
-        One not acked within ``dead_letter_ack_timeout_s`` (or failed) is sent again, up to
-        three times in all; then the agent crashes (logged, ``/health/live`` 503) rather than
-        commit past it.
+        Not yet acked (broker down, leader moving): keep waiting, with a warning every
+        ``dead_letter_ack_timeout_s`` — the records stay uncommitted meanwhile, as every
+        other output of the batch would. Failed with a transient error (timeouts, leader
+        changes): sent again. Failed for good (e.g. record too large, not authorized) three
+        times: the agent crashes (logged, ``/health/live`` 503) rather than commit past it.
         """
-        for attempt in range(1, 4):
+        permanent_failures = 0
+        waited_s = 0.0
+        while True:
             _, pending = await asyncio.wait([f for f, _ in sent], timeout=self.s.dead_letter_ack_timeout_s)
-            retry = [(f, args) for f, args in sent if f in pending or f.exception() is not None]
-            if not retry:
+            failed = [(f, args) for f, args in sent if f not in pending and f.exception() is not None]
+            if not pending and not failed:
                 return
-            first = retry[0][0]
-            log.warning("funnelwatch: %d dead letter(s) not acknowledged (attempt %d: %s): sending again",
-                        len(retry), attempt, "timeout" if first in pending else repr(first.exception()))
-            sent = [(await self.t_dlq.send(key=k, value=v, headers=h), (k, v, h)) for _, (k, v, h) in retry]
-        raise DeadLetterError(f"{len(sent)} dead letter(s) not acknowledged after 3 attempts")
+            if pending:
+                waited_s += self.s.dead_letter_ack_timeout_s
+            errors = [f.exception() for f, _ in failed]
+            if any(not _transient(e) for e in errors):
+                permanent_failures += 1
+                if permanent_failures >= 3:
+                    raise DeadLetterError(f"{len(failed)} dead letter(s) failed 3 times: {errors[0]!r}")
+            log.warning("funnelwatch: dead letters: %d not acknowledged after %.0fs, %d failed (%s): %s",
+                        len(pending), waited_s, len(failed), repr(errors[0]) if errors else "-",
+                        "sending the failed ones again" if failed else "waiting")
+            resent = [(await self.t_dlq.send(key=k, value=v, headers=h), (k, v, h)) for _, (k, v, h) in failed]
+            sent = [(f, args) for f, args in sent if f in pending] + resent
 
     async def _ingest_other(self, out: Any, raw: bytes, msg: Any, topic_name: str) -> tuple[Any, tuple] | None:
         """Dead-letter, count or alert a record that is not a lifecycle event; a dead letter's
@@ -315,9 +408,10 @@ class Pipeline:
 
     # ------------------------------------------------------------------ lifecycle
     async def _lifecycle(self, stream):
-        processed = self.processed
         async for batch in stream.take_events(self.s.batch_max_events, within=self.s.batch_within_s):
-            await self._repair_gaps(batch)
+            batch = self._admit(batch)
+            if not batch:
+                continue
             # key -> [(op, event)]: bundles are unpacked; every entry of a bundle belongs to the
             # bundle's partition, as do the check/expire records keyed by message key.
             groups: dict[bytes, list] = {}
@@ -354,9 +448,8 @@ class Pipeline:
                 # key's own record (take_events leaves it at the batch's last event).
                 _current_event.set(weakref.ref(event))
                 self.messages[key] = value
-            for event in batch:
-                processed[event.message.tp] = event.message.offset
             _current_event.set(None)
+            await self._settle(batch)
 
     async def _on_key_batch(self, key: bytes, ops: list) -> MessageState | None:
         """Apply every op of one key in this batch; the state to write (one changelog record), if any."""
@@ -520,9 +613,9 @@ class Pipeline:
             return 1 << 62
         if hw is None:
             return 0
-        done = self.processed.get(tp)
-        if done is not None:
-            return max(0, hw - (done + 1))
+        nxt = self.offsets.next.get(tp)
+        if nxt is not None:
+            return max(0, hw - nxt)
         committed = consumer._committed_offset.get(tp)  # next offset to read, as committed
         return max(0, hw - (committed or 0))
 
@@ -594,11 +687,13 @@ class Pipeline:
 
     # ------------------------------------------------------------------ rebalance
     async def _on_revoked(self, *args: Any, **kwargs: Any) -> None:
+        # Sent after faust's last commit of the revoked partitions (from self.offsets).
         self.ready = False
-        self.processed.clear()
+        self.offsets.reset()
 
     async def _on_rebalance_complete(self, *args: Any, **kwargs: Any) -> None:
         # Awaited by faust before the streams resume: nothing is processed while this runs.
+        self._take_over_commits()
         active = self._active_partitions()
         self.published = {k: v for k, v in self.published.items() if self.partition_of(k.decode()) in active}
         if active - self._owned:
@@ -802,3 +897,15 @@ def _filters(q: dict[str, str]) -> dict[str, Any]:
                 raise ValueError(f"query parameter {name!r} must be an RFC 3339 timestamp with zone")
             out[field] = v
     return out
+
+
+def _first_past(offsets: list[int], hole: int) -> int | None:
+    return next((o for o in offsets if o > hole), None)
+
+
+def _transient(exc: BaseException | None) -> bool:
+    """A send error worth retrying: timeouts and errors Kafka marks retriable."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    return isinstance(exc, (KafkaTimeoutError, asyncio.TimeoutError, ConnectionError)) or bool(
+        getattr(exc, "retriable", False))

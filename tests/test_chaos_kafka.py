@@ -247,6 +247,9 @@ class Rig:
 
     def close(self) -> None:
         self.pool.stop_all()
+        if os.environ.get("FW_TEST_KEEP_TOPICS"):  # debugging: leave the topics for a post-mortem
+            log(f"keeping topics of {self.app_id}: {sorted(self.topics.values())}")
+            return
         try:
             asyncio.run(delete_topics(self.bootstrap, list(self.topics.values())))
         except Exception:  # noqa: BLE001 - best effort

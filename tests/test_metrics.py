@@ -32,6 +32,7 @@ SPEC_METRICS: dict[str, tuple[str, set[str]]] = {
     "funnelwatch_build_info": ("gauge", {"version"}),
     # Beyond SPEC §10: the pipeline's re-read of records faust skipped (agents/pipeline.py).
     "funnel_offset_gaps_repaired_total": ("counter", {"topic"}),
+    "funnel_offset_gaps_accepted_total": ("counter", {"topic"}),
     # ... and its re-read of the alerts topic after a takeover (lost alert marks).
     "funnel_alert_marks_reconciled_total": ("counter", {"type"}),
     "funnel_alert_reconcile_failures_total": ("counter", set()),
@@ -66,6 +67,7 @@ def exercise_all(m: Metrics) -> None:
     m.conflicting_outcome()
     m.late_event()
     m.gap_repaired("activity-sync-events")
+    m.gap_accepted("activity-sync-events")
     # over the cap of the `metrics` fixture: gives funnel_label_overflow_total a sample
     m.stage_reached("altcraft", "t2", "email", "sent")
 
