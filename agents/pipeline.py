@@ -80,6 +80,7 @@ class Pipeline:
         self.offsets = OffsetTracker()  # TP -> next offset not yet processed: lag gate and commit point
         self._partition_cache: dict[str, int] = {}
         self._seeks_logged: set[tuple[Any, int]] = set()
+        self._progress_at: dict[Any, tuple[int, float]] = {}  # TP -> (commit point, monotonic time it moved)
         self._pending_alerts: list[Any] = []
         self.published: Published = {}  # alerts found on the topic whose marks the table lacks
         self._owned: set[int] = set()  # events/table partitions owned since the last rebalance
@@ -242,7 +243,12 @@ class Pipeline:
         assigned = self.app.consumer.assignment()
         for event in batch:
             if event.message.tp not in assigned:
-                return [e for e in batch if e.message.tp in assigned]
+                batch = [e for e in batch if e.message.tp in assigned]
+                break
+        return self._test_drop_hook(batch)
+
+    def _test_drop_hook(self, batch: list) -> list:
+        """Overridden by agents.web when FUNNELWATCH_TEST_DROP_EVERY is set (tests only)."""
         return batch
 
     async def _settle(self, batch: list) -> None:
@@ -280,6 +286,37 @@ class Pipeline:
                 except Exception as exc:  # noqa: BLE001 - revoked meanwhile: its next owner reads it
                     log.warning("funnelwatch: could not seek %s/%d back to %d: %r",
                                 tp.topic, tp.partition, out.seek_to, exc)
+
+    async def _unstall(self) -> None:
+        """Re-read partitions whose commit point is stuck below the records waiting.
+
+        A hole shows when a later record arrives; if faust dropped a partition's *last*
+        records, none does. Run by the deadline timer: a partition with records past its
+        commit point that has not moved for ``offset_stall_s`` is re-read from it.
+        """
+        now = time.monotonic()
+        consumer = self.app.consumer
+        for tp, nxt in list(self.offsets.next.items()):
+            seen = self._progress_at.get(tp)
+            if seen is None or seen[0] != nxt:
+                self._progress_at[tp] = (nxt, now)
+                continue
+            if now - seen[1] < self.s.offset_stall_s:
+                continue
+            try:
+                hw = consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - no longer assigned
+                continue
+            if hw is None or hw <= nxt:
+                continue
+            self._progress_at[tp] = (nxt, now)
+            self.metrics.gap_repaired(tp.topic)
+            log.warning("funnelwatch: %s/%d: commit point %d has not moved for %.0fs with records up to %d "
+                        "waiting: re-reading from it", tp.topic, tp.partition, nxt, now - seen[1], hw - 1)
+            try:
+                await consumer.seek(tp, nxt)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("funnelwatch: could not seek %s/%d back to %d: %r", tp.topic, tp.partition, nxt, exc)
 
     async def _start_offset(self, tp: Any) -> int | None:
         """Where this generation's processing of ``tp`` starts: the group's committed offset,
@@ -626,6 +663,7 @@ class Pipeline:
     async def _tick(self) -> None:
         if not self.ready:
             return
+        await self._unstall()
         now = now_us()
         due = self.deadlines.pop_due(now)
         if due:
@@ -690,6 +728,7 @@ class Pipeline:
         # Sent after faust's last commit of the revoked partitions (from self.offsets).
         self.ready = False
         self.offsets.reset()
+        self._progress_at.clear()
 
     async def _on_rebalance_complete(self, *args: Any, **kwargs: Any) -> None:
         # Awaited by faust before the streams resume: nothing is processed while this runs.

@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     publish_interval_s: float = Field(10.0, gt=0)
     alert_max_lag: int = Field(1000, ge=0)
     alert_tick_s: float = Field(1.0, gt=0)
+    # A partition whose commit point has not moved for this long while records are waiting
+    # (a record faust dropped was the last one): re-read from the commit point.
+    offset_stall_s: float = Field(10.0, gt=0)
     # After taking over partitions, the alerts topic is re-read for alerts whose marks were
     # lost (acked, then a crash before the changelog write): from the partition's last
     # changelog write minus this margin, at most this far back, giving up after this long.

@@ -667,6 +667,26 @@ def _install_test_exit_hook(pipeline: "Pipeline", spec: str) -> None:
     pipeline._test_alerts_acked_hook = exit_when_acked  # type: ignore[method-assign]
 
 
+def _install_test_drop_hook(pipeline: "Pipeline", every: int) -> None:
+    """Lose the first delivery of every record at offset ``every - 1 (mod every)``, on every
+    topic, before the agents see it: what faust does to records it drops mid-fetch."""
+    log.warning("FUNNELWATCH_TEST_DROP_EVERY is set: the first delivery of every %dth record is dropped "
+                "(test-only; never set it in production)", every)
+    dropped: set[tuple[Any, int]] = set()
+
+    def drop(batch: list) -> list:
+        out = []
+        for event in batch:
+            m = event.message
+            if m.offset % every == every - 1 and (m.tp, m.offset) not in dropped:
+                dropped.add((m.tp, m.offset))
+                continue
+            out.append(event)
+        return out
+
+    pipeline._test_drop_hook = drop  # type: ignore[method-assign]
+
+
 # ----------------------------------------------------------------------------- register
 
 
@@ -679,6 +699,9 @@ def register(pipeline: "Pipeline") -> None:
     exit_spec = os.environ.get("FUNNELWATCH_TEST_EXIT_AFTER_ALERTS")
     if exit_spec:
         _install_test_exit_hook(pipeline, exit_spec)
+    drop_every = os.environ.get("FUNNELWATCH_TEST_DROP_EVERY")
+    if drop_every:
+        _install_test_drop_hook(pipeline, int(drop_every))
     messages = make_message_view(pipeline)
     pipeline.page("/", make_dashboard_view(pipeline))
     pipeline.page("/messages", messages)
