@@ -80,6 +80,7 @@ class Pipeline:
         self.offsets = OffsetTracker()  # TP -> next offset not yet processed: lag gate and commit point
         self._partition_cache: dict[str, int] = {}
         self._seeks_logged: set[tuple[Any, int]] = set()
+        self._stalls_logged: set[tuple[Any, int]] = set()
         self._progress_at: dict[Any, tuple[int, float]] = {}  # TP -> (commit point, monotonic time it moved)
         self._pending_alerts: list[Any] = []
         self.published: Published = {}  # alerts found on the topic whose marks the table lacks
@@ -311,8 +312,13 @@ class Pipeline:
                 continue
             self._progress_at[tp] = (nxt, now)
             self.metrics.gap_repaired(tp.topic)
-            log.warning("funnelwatch: %s/%d: commit point %d has not moved for %.0fs with records up to %d "
-                        "waiting: re-reading from it", tp.topic, tp.partition, nxt, now - seen[1], hw - 1)
+            first = (tp, nxt) not in self._stalls_logged  # once per stuck point at WARNING (outages repeat it)
+            if len(self._stalls_logged) > 10_000:
+                self._stalls_logged.clear()
+            self._stalls_logged.add((tp, nxt))
+            log.log(logging.WARNING if first else logging.INFO,
+                    "funnelwatch: %s/%d: commit point %d has not moved for %.0fs with records up to %d "
+                    "waiting: re-reading from it", tp.topic, tp.partition, nxt, now - seen[1], hw - 1)
             try:
                 await consumer.seek(tp, nxt)
             except Exception as exc:  # noqa: BLE001
