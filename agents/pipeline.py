@@ -27,6 +27,8 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError
 from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
 from prometheus_client import CollectorRegistry
@@ -275,18 +277,8 @@ class Pipeline:
                 log.warning("funnelwatch: %s/%d has no records at offsets %d..%d (skipped again after re-reads: "
                             "transaction markers or retention): moving on", tp.topic, tp.partition, a, b - 1)
             if out.seek_to is not None:
-                self.metrics.gap_repaired(tp.topic)
-                if (tp, out.seek_to) not in self._seeks_logged:
-                    if len(self._seeks_logged) > 10_000:
-                        self._seeks_logged.clear()
-                    self._seeks_logged.add((tp, out.seek_to))
-                    log.warning("funnelwatch: %s/%d: records from offset %d were skipped (got %s): re-reading them",
-                                tp.topic, tp.partition, out.seek_to, _first_past(offs, out.seek_to))
-                try:
-                    await self.app.consumer.seek(tp, out.seek_to)
-                except Exception as exc:  # noqa: BLE001 - revoked meanwhile: its next owner reads it
-                    log.warning("funnelwatch: could not seek %s/%d back to %d: %r",
-                                tp.topic, tp.partition, out.seek_to, exc)
+                await self._reread(tp, out.seek_to, self._seeks_logged, "records from offset %d were skipped "
+                                   f"(got {_first_past(offs, out.seek_to)}): re-reading them")
 
     async def _unstall(self) -> None:
         """Re-read partitions whose commit point is stuck below the records waiting.
@@ -311,18 +303,24 @@ class Pipeline:
             if hw is None or hw <= nxt:
                 continue
             self._progress_at[tp] = (nxt, now)
-            self.metrics.gap_repaired(tp.topic)
-            first = (tp, nxt) not in self._stalls_logged  # once per stuck point at WARNING (outages repeat it)
-            if len(self._stalls_logged) > 10_000:
-                self._stalls_logged.clear()
-            self._stalls_logged.add((tp, nxt))
-            log.log(logging.WARNING if first else logging.INFO,
-                    "funnelwatch: %s/%d: commit point %d has not moved for %.0fs with records up to %d "
-                    "waiting: re-reading from it", tp.topic, tp.partition, nxt, now - seen[1], hw - 1)
-            try:
-                await consumer.seek(tp, nxt)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("funnelwatch: could not seek %s/%d back to %d: %r", tp.topic, tp.partition, nxt, exc)
+            await self._reread(tp, nxt, self._stalls_logged, f"commit point %d has not moved for {now - seen[1]:.0f}s "
+                               f"with records up to {hw - 1} waiting: re-reading from it")
+
+    async def _reread(self, tp: Any, offset: int, logged: set[tuple[Any, int]], what: str) -> None:
+        """Seek ``tp`` back to ``offset`` (counted); ``what`` % offset is logged at WARNING the
+        first time per place (``logged``), at INFO when it repeats (e.g. through an outage)."""
+        self.metrics.gap_repaired(tp.topic)
+        first = (tp, offset) not in logged
+        if first:
+            if len(logged) > 10_000:
+                logged.clear()
+            logged.add((tp, offset))
+        log.log(logging.WARNING if first else logging.INFO, "funnelwatch: %s/%d: " + what,
+                tp.topic, tp.partition, offset)
+        try:
+            await self.app.consumer.seek(tp, offset)
+        except Exception as exc:  # noqa: BLE001 - revoked meanwhile: its next owner reads it
+            log.warning("funnelwatch: could not seek %s/%d back to %d: %r", tp.topic, tp.partition, offset, exc)
 
     async def _start_offset(self, tp: Any) -> int | None:
         """Where this generation's processing of ``tp`` starts: the group's committed offset,
@@ -332,8 +330,6 @@ class Pipeline:
         if committed is not None:
             return committed
         try:
-            from aiokafka import TopicPartition
-
             thread = consumer._thread
             ak = thread._ensure_consumer()
             atp = TopicPartition(tp.topic, tp.partition)
@@ -950,7 +946,5 @@ def _first_past(offsets: list[int], hole: int) -> int | None:
 
 def _transient(exc: BaseException | None) -> bool:
     """A send error worth retrying: timeouts and errors Kafka marks retriable."""
-    from aiokafka.errors import KafkaTimeoutError
-
     return isinstance(exc, (KafkaTimeoutError, asyncio.TimeoutError, ConnectionError)) or bool(
         getattr(exc, "retriable", False))
