@@ -11,6 +11,8 @@ import json
 import secrets
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,11 +26,11 @@ from tests.worker_harness import (
     app_topics,
     delete_app_topics,
     expected_report,
-    group_lag,
     produce_scenario,
     replay_json,
     scenario_lines,
     source_of_line,
+    wait_group_lag_zero,
     wait_until,
     worker_env,
 )
@@ -78,6 +80,18 @@ def _cleanup_topics(bootstrap: str, topics: dict[str, str], app_id: str) -> None
     except Exception:  # noqa: BLE001 - best effort
         pass
     delete_app_topics(bootstrap, app_id)
+
+
+@contextmanager
+def _fresh_app(bootstrap: str, name: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A new app id and its own input/output topics; all of them deleted afterwards."""
+    suffix = _uid()
+    app_id = f"fwtest-{name}-{suffix}"
+    topics = _make_topics(bootstrap, suffix)
+    try:
+        yield app_id, topics
+    finally:
+        _cleanup_topics(bootstrap, topics, app_id)
 
 
 def _expected_windows() -> list[dict[str, Any]]:
@@ -169,23 +183,20 @@ def _record_bytes(rec: Any) -> bytes:
 @pytest.fixture(scope="module")
 def single(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):
     """One worker, started before the golden scenario is produced (shuffled, spread)."""
-    suffix = _uid()
-    app_id = f"fwtest-single-{suffix}"
     tmp = tmp_path_factory.mktemp("single")
-    topics = _make_topics(kafka_bootstrap, suffix)
-    pool = WorkerPool(tmp)
-    try:
-        w = pool.start("w1", worker_env(app_id=app_id, bootstrap=kafka_bootstrap, topics=topics,
-                                        data_dir=tmp / "w1", extra=LONG_RETENTION))
-        t0 = time.monotonic()
-        w.wait_ready(45)
-        ready_s = time.monotonic() - t0
-        produced = produce_scenario(kafka_bootstrap, topics, INPUT_PARTITIONS, BASIC, SEED)
-        yield SimpleNamespace(worker=w, topics=topics, app_id=app_id, bootstrap=kafka_bootstrap,
-                              produced=produced, tmp=tmp, ready_s=ready_s)
-    finally:
-        pool.stop_all()
-        _cleanup_topics(kafka_bootstrap, topics, app_id)
+    with _fresh_app(kafka_bootstrap, "single") as (app_id, topics):
+        pool = WorkerPool(tmp)
+        try:
+            w = pool.start("w1", worker_env(app_id=app_id, bootstrap=kafka_bootstrap, topics=topics,
+                                            data_dir=tmp / "w1", extra=LONG_RETENTION))
+            t0 = time.monotonic()
+            w.wait_ready(45)
+            ready_s = time.monotonic() - t0
+            produced = produce_scenario(kafka_bootstrap, topics, INPUT_PARTITIONS, BASIC, SEED)
+            yield SimpleNamespace(worker=w, topics=topics, app_id=app_id, bootstrap=kafka_bootstrap,
+                                  produced=produced, tmp=tmp, ready_s=ready_s)
+        finally:
+            pool.stop_all()
 
 
 # --------------------------------------------------------------------------------- tests
@@ -254,17 +265,8 @@ def test_dead_letters_headers_and_lag(single) -> None:
     assert status == 200
 
     inputs = [single.topics["activity_sync"], single.topics["altcraft"]]
-    last: dict = {}
-
-    def caught_up() -> bool:
-        last.clear()
-        last.update(group_lag(single.bootstrap, single.app_id, inputs))
-        return bool(last) and all(v == 0 for v in last.values())
-
-    try:
-        wait_until(caught_up, 45, 1.0, f"consumer group {single.app_id} lag 0 on the input topics")
-    except TimeoutError as exc:
-        raise AssertionError(f"{exc}: lag {last}") from None
+    wait_group_lag_zero(single.bootstrap, single.app_id, inputs, 45,
+                        f"consumer group {single.app_id} lag 0 on the input topics")
     assert w.alive()
 
 
@@ -356,11 +358,8 @@ def test_no_pii_leaves_the_worker(single) -> None:
 
 
 def test_two_workers_each_serve_full_funnel(kafka_bootstrap: str, tmp_path: Path) -> None:
-    suffix = _uid()
-    app_id = f"fwtest-pair-{suffix}"
-    topics = _make_topics(kafka_bootstrap, suffix)
     expected = _expected_windows()
-    try:
+    with _fresh_app(kafka_bootstrap, "pair") as (app_id, topics):
         with WorkerPool(tmp_path) as pool:
             ws = [pool.start(name, worker_env(app_id=app_id, bootstrap=kafka_bootstrap, topics=topics,
                                               data_dir=tmp_path / name))
@@ -405,8 +404,6 @@ def test_two_workers_each_serve_full_funnel(kafka_bootstrap: str, tmp_path: Path
             assert all(owned) and not (owned[0] & owned[1]), owned
             assert owned[0] | owned[1] == set(range(4)), owned
             assert all(w.alive() for w in ws)
-    finally:
-        _cleanup_topics(kafka_bootstrap, topics, app_id)
 
 
 def test_records_lost_before_the_agents_are_read_again_not_committed_past(kafka_bootstrap: str,
@@ -417,11 +414,8 @@ def test_records_lost_before_the_agents_are_read_again_not_committed_past(kafka_
     included. The worker must notice each hole (a later record, or its commit point stalled
     below the high watermark), read it again, commit nothing past it, and end equal to the
     golden report with lag 0."""
-    suffix = _uid()
-    app_id = f"fwtest-drop-{suffix}"
-    topics = _make_topics(kafka_bootstrap, suffix)
     expected = _expected_windows()
-    try:
+    with _fresh_app(kafka_bootstrap, "drop") as (app_id, topics):
         with WorkerPool(tmp_path) as pool:
             w = pool.start("w1", worker_env(app_id=app_id, bootstrap=kafka_bootstrap, topics=topics,
                                             data_dir=tmp_path / "w1",
@@ -441,17 +435,7 @@ def test_records_lost_before_the_agents_are_read_again_not_committed_past(kafka_
                                         [(None, part0[0].value, 0)] * copies))
             assert metas[-1].offset % 3 == 2
             watched = [topics["activity_sync"], topics["altcraft"], f"{app_id}-lifecycle-events"]
-            last: dict = {}
-
-            def caught_up() -> bool:
-                last.clear()
-                last.update(group_lag(kafka_bootstrap, app_id, watched))
-                return bool(last) and all(v == 0 for v in last.values())
-
-            try:
-                wait_until(caught_up, 45, 1.0, f"consumer group {app_id} lag 0")
-            except TimeoutError as exc:
-                raise AssertionError(f"{exc}: lag {last}") from None
+            wait_group_lag_zero(kafka_bootstrap, app_id, watched, 45)
             status, raw = w.get("/metrics")
             assert status == 200
             repaired = sum(float(ln.rsplit(" ", 1)[1]) for ln in raw.decode().splitlines()
@@ -463,5 +447,3 @@ def test_records_lost_before_the_agents_are_read_again_not_committed_past(kafka_
             assert "has no records at offsets" not in log_text  # no hole taken for real
             assert w.get_json("/funnel")[1]["windows"] == expected
             assert w.alive()
-    finally:
-        _cleanup_topics(kafka_bootstrap, topics, app_id)

@@ -453,6 +453,24 @@ def group_lag(bootstrap: str, group_id: str, topics: Iterable[str]) -> dict[tupl
     return asyncio.run(agroup_lag(bootstrap, group_id, topics))
 
 
+def wait_group_lag_zero(bootstrap: str, group_id: str, topics: Iterable[str], timeout_s: float,
+                        desc: str | None = None) -> None:
+    """Until the group's committed lag is 0 on every partition of ``topics``; on timeout an
+    AssertionError shows the last lag per partition."""
+    topics = list(topics)
+    last: dict = {}
+
+    def caught_up() -> bool:
+        last.clear()
+        last.update(group_lag(bootstrap, group_id, topics))
+        return bool(last) and all(v == 0 for v in last.values())
+
+    try:
+        wait_until(caught_up, timeout_s, 1.0, desc or f"consumer group {group_id} lag 0")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}: lag {last}") from None
+
+
 def app_topics(bootstrap: str, app_id: str) -> list[str]:
     """Topics the worker created for itself (internal and changelog topics start with the app id)."""
     from tests.kafka_fixtures import list_topics
