@@ -49,10 +49,12 @@ This module must not import faust.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import choose_encoder
+
+from .metrics_labels import OTHER, TenantLabeler
+from .metrics_render import metric_names, render, sample_value
 
 __all__ = [
     "LATENCY_BUCKETS_S",
@@ -63,9 +65,6 @@ __all__ = [
     "render",
     "sample_value",
 ]
-
-#: Label value for kinds the pipeline does not know and for tenants over the cap.
-OTHER = "other"
 
 #: Stage-latency histogram buckets, 0.1 s … 1 day.
 LATENCY_BUCKETS_S: tuple[float, ...] = (
@@ -92,62 +91,6 @@ def _child(cache: dict, metric: Any, key: tuple[str, ...]) -> Any:
     if child is None:
         child = cache[key] = metric.labels(*key)
     return child
-
-
-class TenantLabeler:
-    """Maps tenant ids to bounded label values: the first ``max_tenants`` distinct
-    tenants keep their id, later ones become ``"other"``.
-
-    ``on_overflow(metric)`` is called for every observation mapped to ``"other"``.
-    """
-
-    __slots__ = ("max_tenants", "_admitted", "_on_overflow")
-
-    def __init__(
-        self, max_tenants: int, on_overflow: Callable[[str], None] | None = None
-    ) -> None:
-        if max_tenants < 0:
-            raise ValueError("max_tenants must be >= 0")
-        self.max_tenants = max_tenants
-        self._admitted: set[str] = set()
-        self._on_overflow = on_overflow
-
-    def label(self, tenant: str, metric: str = "") -> str:
-        """The label value for ``tenant`` (admits it if there is room)."""
-        admitted = self._admitted
-        if tenant in admitted:
-            return tenant
-        if len(admitted) < self.max_tenants:
-            admitted.add(tenant)
-            return tenant
-        if self._on_overflow is not None:
-            self._on_overflow(metric)
-        return OTHER
-
-    __call__ = label
-
-    def admit(self, tenant: str) -> str:
-        """Like :meth:`label` (admits ``tenant`` if there is room) but never counts an
-        overflow: for collectors that re-render the same values on every scrape.
-
-        Use this, not :meth:`is_overflowing`, to pick a label value: ``is_overflowing``
-        admits nothing, so on its own it lets more than ``max_tenants`` tenants through.
-        """
-        admitted = self._admitted
-        if tenant in admitted:
-            return tenant
-        if len(admitted) < self.max_tenants:
-            admitted.add(tenant)
-            return tenant
-        return OTHER
-
-    def is_overflowing(self, tenant: str) -> bool:
-        """True if ``tenant`` would be (or is) reported as ``other``; admits nothing."""
-        return tenant not in self._admitted and len(self._admitted) >= self.max_tenants
-
-    @property
-    def admitted(self) -> frozenset[str]:
-        return frozenset(self._admitted)
 
 
 class Metrics:
@@ -424,27 +367,3 @@ class Metrics:
 
     def late_event(self) -> None:
         self.late_events_total.inc()
-
-
-def render(registry: CollectorRegistry, accept: str | None = None) -> tuple[bytes, str]:
-    """Exposition body and its Content-Type.
-
-    Without ``accept`` (or for ``text/plain``) this is the classic Prometheus text format
-    from ``generate_latest`` served as ``text/plain; version=0.0.4`` (what every Prometheus
-    version parses); pass the request's ``Accept`` header to serve OpenMetrics to scrapers
-    that ask for it.  Content negotiation is prometheus_client's ``choose_encoder``.
-    """
-    encoder, content_type = choose_encoder(accept or "")
-    return encoder(registry), content_type
-
-
-def sample_value(
-    registry: CollectorRegistry, name: str, labels: Mapping[str, str] | None = None
-) -> float | None:
-    """Test/debug helper: the current value of one exposed sample, or ``None``."""
-    return registry.get_sample_value(name, dict(labels or {}))
-
-
-def metric_names(registry: CollectorRegistry) -> Iterable[str]:
-    """Test/debug helper: every exposed sample name in ``registry``."""
-    return sorted({s.name for m in registry.collect() for s in m.samples})

@@ -23,12 +23,16 @@ from __future__ import annotations
 import json
 import ssl
 from functools import lru_cache
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streams.stuck import DEFAULT_SLA_S as _DOMAIN_DEFAULT_SLA_S
+from streams.errors import ConfigError
+from streams.kinds import CHANNELS
+from streams.stuck import DEFAULT_SLA_S, STUCK_STAGES, SlaTable, check_sla_keys, check_sla_seconds
+
+from .settings_broker import host_port, split_broker_urls
 
 __all__ = [
     "CHANNELS",
@@ -42,17 +46,10 @@ __all__ = [
 #: How secrets are shown by :meth:`Settings.redacted_dict` (same as pydantic's SecretStr).
 MASK = "**********"
 
-#: Channels known to the pipeline (SPEC §3); ``unknown`` until an outbound event is seen.
-CHANNELS: tuple[str, ...] = ("sms", "email", "push", "telegram", "unknown")
+# CHANNELS (SPEC §3), the stuck stages and DEFAULT_SLA_S (SPEC §6) are the domain core's:
+# re-exported here, defined once in streams.kinds / streams.stuck.
+SLA_STAGES: tuple[str, ...] = STUCK_STAGES
 
-#: Stages that can be stuck (SPEC §6): ``queued`` (queued → sent) and ``sent`` (sent → delivered).
-SLA_STAGES: tuple[str, ...] = ("queued", "sent")
-
-#: SPEC §6 default SLAs in seconds, channel → stage → seconds (the domain core's table).
-DEFAULT_SLA_S: dict[str, dict[str, int]] = _DOMAIN_DEFAULT_SLA_S
-
-_BROKER_SCHEMES = ("kafka", "aiokafka")
-_DEFAULT_KAFKA_PORT = 9092
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET")
 _DEFAULT_HMAC_KEY = "change-me-in-production"
 
@@ -67,30 +64,17 @@ def _decode_json(value: Any, field: str) -> Any:
     return value
 
 
-def _check_channel_stages(value: Any, where: str) -> dict[str, dict[str, Any]]:
-    """Validate the shape ``{channel: {stage: seconds}}``; keys must be known."""
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{where} must be an object of channel -> {{stage: seconds}}")
-    out: dict[str, dict[str, Any]] = {}
-    for channel, stages in value.items():
-        channel = str(channel).strip().lower()
-        if channel not in CHANNELS:
-            raise ValueError(
-                f"{where}: unknown channel {channel!r} (expected one of {', '.join(CHANNELS)})"
-            )
-        if not isinstance(stages, Mapping):
-            raise ValueError(f"{where}[{channel!r}] must be an object of stage -> seconds")
-        checked: dict[str, Any] = {}
-        for stage, seconds in stages.items():
-            stage = str(stage).strip().lower()
-            if stage not in SLA_STAGES:
-                raise ValueError(
-                    f"{where}[{channel!r}]: unknown stage {stage!r} "
-                    f"(expected one of {', '.join(SLA_STAGES)})"
-                )
-            checked[stage] = seconds
-        out.setdefault(channel, {}).update(checked)
-    return out
+def _sla_name(name: Any) -> str:
+    """Channel and stage names as configured: case-insensitive, like env variable names."""
+    return str(name).strip().lower()
+
+
+def _domain_check(check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a ``streams`` validator; its :class:`ConfigError` becomes the ValueError pydantic reports."""
+    try:
+        return check(*args, **kwargs)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class Settings(BaseSettings):
@@ -194,7 +178,7 @@ class Settings(BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _check_broker_url(cls, value: str) -> str:
-        urls = _split_broker_urls(value)  # raises ValueError on bad input
+        urls = split_broker_urls(value)  # raises ValueError on bad input
         return ",".join(urls)
 
     @field_validator("broker_sasl_mechanism", mode="before")
@@ -216,7 +200,7 @@ class Settings(BaseSettings):
         value = _decode_json(value, "sla_s")
         if value is None:
             value = {}
-        overrides = _check_channel_stages(value, "sla_s")
+        overrides = _domain_check(check_sla_keys, value, "sla_s", key=_sla_name)
         merged: dict[str, dict[str, Any]] = {ch: dict(st) for ch, st in DEFAULT_SLA_S.items()}
         for channel, stages in overrides.items():
             merged[channel].update(stages)
@@ -231,21 +215,23 @@ class Settings(BaseSettings):
         if not isinstance(value, Mapping):
             raise ValueError("tenant_sla_s must be an object of tenant -> channel -> stage -> seconds")
         return {
-            str(tenant): _check_channel_stages(channels, f"tenant_sla_s[{tenant!r}]")
+            str(tenant): _domain_check(
+                check_sla_keys, channels, f"tenant_sla_s[{tenant!r}]", key=_sla_name
+            )
             for tenant, channels in value.items()
         }
 
-    @field_validator("sla_s", "tenant_sla_s", mode="after")
+    @field_validator("sla_s", mode="after")
     @classmethod
     def _positive_slas(cls, value: dict[str, Any]) -> dict[str, Any]:
-        def walk(node: Any, path: str) -> None:
-            if isinstance(node, dict):
-                for key, child in node.items():
-                    walk(child, f"{path}.{key}")
-            elif node <= 0:
-                raise ValueError(f"SLA {path.lstrip('.')} must be > 0 seconds, got {node}")
+        _domain_check(check_sla_seconds, value)
+        return value
 
-        walk(value, "")
+    @field_validator("tenant_sla_s", mode="after")
+    @classmethod
+    def _positive_tenant_slas(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for tenant, channels in value.items():
+            _domain_check(check_sla_seconds, channels, tenant)
         return value
 
     @field_validator("log_level", mode="before")
@@ -286,12 +272,12 @@ class Settings(BaseSettings):
     @property
     def broker_urls(self) -> list[str]:
         """Broker URLs with scheme, e.g. ``["kafka://k1:9092", "kafka://k2:9092"]``."""
-        return _split_broker_urls(self.broker_url)
+        return split_broker_urls(self.broker_url)
 
     @property
     def bootstrap_servers(self) -> str:
         """``host:port[,host:port...]`` for raw aiokafka clients (no scheme)."""
-        return ",".join(_host_port(url) for url in self.broker_urls)
+        return ",".join(host_port(url) for url in self.broker_urls)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """A client TLS context for SSL / SASL_SSL (verifies the server), else ``None``."""
@@ -334,22 +320,22 @@ class Settings(BaseSettings):
         return kwargs
 
     # -------------------------------------------------------------------------- domain
+    def sla_table(self) -> SlaTable:
+        """The domain SLA table for these settings (built on each call: keep the result)."""
+        return SlaTable(self.sla_s, self.tenant_sla_s)
+
     def sla_seconds(self, channel: str, stage: str, tenant: str | None = None) -> int | None:
         """SLA for a message stuck at ``stage`` (``queued``/``sent``); ``None`` otherwise.
 
         Lookup order: tenant override for the channel, the channel default, then the
-        ``unknown`` channel (for a channel name not in :data:`CHANNELS`).
+        ``unknown`` channel (for a channel name not in :data:`CHANNELS`, any tenant).
+        Answers from :meth:`sla_table`, so prefer that one for repeated lookups.
         """
-        if stage not in SLA_STAGES:
+        if stage not in STUCK_STAGES:
             return None
-        if tenant is not None:
-            per_tenant = self.tenant_sla_s.get(tenant)
-            if per_tenant:
-                seconds = per_tenant.get(channel, {}).get(stage)
-                if seconds is not None:
-                    return seconds
-        stages = self.sla_s.get(channel) or self.sla_s["unknown"]
-        return stages.get(stage, self.sla_s["unknown"][stage])
+        if channel not in CHANNELS:
+            return self.sla_s["unknown"][stage]
+        return self.sla_table().sla_s(tenant, channel, stage)
 
     @property
     def uses_default_hmac_key(self) -> bool:
@@ -388,33 +374,6 @@ class _IsolatedSettings(Settings):
 
 def _reveal(secret: SecretStr | None) -> str | None:
     return None if secret is None else secret.get_secret_value()
-
-
-def _split_broker_urls(value: str) -> list[str]:
-    parts = [p.strip() for p in value.replace(";", ",").split(",") if p.strip()]
-    if not parts:
-        raise ValueError("broker_url must name at least one broker")
-    default_scheme = next((p.split("://", 1)[0] for p in parts if "://" in p), "kafka")
-    urls: list[str] = []
-    for part in parts:
-        url = part if "://" in part else f"{default_scheme}://{part}"
-        scheme = url.split("://", 1)[0].lower()
-        if scheme not in _BROKER_SCHEMES:
-            raise ValueError(
-                f"broker_url scheme {scheme!r} not supported (use {' or '.join(_BROKER_SCHEMES)})"
-            )
-        if not _host_port(url).split(":")[0]:
-            raise ValueError(f"broker_url entry {part!r} has no host")
-        urls.append(url)
-    return urls
-
-
-def _host_port(url: str) -> str:
-    rest = url.split("://", 1)[-1]
-    rest = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-    if rest.startswith("["):  # IPv6 literal
-        return rest if "]:" in rest else f"{rest}:{_DEFAULT_KAFKA_PORT}"
-    return rest if ":" in rest else f"{rest}:{_DEFAULT_KAFKA_PORT}"
 
 
 @lru_cache(maxsize=1)

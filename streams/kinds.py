@@ -17,7 +17,9 @@ STAGE_RANK: Final = {s: i for i, s in enumerate(STAGES)}
 QUEUED, SENT, DELIVERED, OPENED, CLICKED = range(5)
 FAILED: Final = "failed"
 ANNOTATIONS: Final = ("soft_bounced", "complained", "unsubscribed")
-CHANNELS: Final = ("email", "sms", "push", "telegram", "unknown")
+# Channels known to the pipeline (SPEC §3); ``unknown`` until an outbound event is seen.
+# The one definition: agents/settings validates SLA overrides against it.
+CHANNELS: Final = ("sms", "email", "push", "telegram", "unknown")
 
 # Ladders (SPEC §4): which stages a reached stage implies, per channel.
 _FULL = (QUEUED, SENT, DELIVERED, OPENED, CLICKED)

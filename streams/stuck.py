@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from .errors import ConfigError
 from .kinds import CHANNELS, QUEUED, SENT, STAGES
@@ -20,7 +20,56 @@ DEFAULT_SLA_S: dict[str, dict[str, int]] = {
     "telegram": {"queued": 120, "sent": 900},
     "unknown": {"queued": 300, "sent": 3600},
 }
-STUCK_STAGES = ("queued", "sent")
+#: Stages a message can be stuck at (SPEC §6): ``queued`` (→ sent) and ``sent`` (→ delivered).
+STUCK_STAGES: tuple[str, ...] = (STAGES[QUEUED], STAGES[SENT])
+
+
+def _same(name: Any) -> Any:
+    return name
+
+
+def check_sla_keys(value: Any, where: str = "SLA table",
+                   key: Callable[[Any], Any] = _same) -> dict[Any, dict[Any, Any]]:
+    """Validate the shape ``{channel: {stage: seconds}}`` with known channels and stages.
+
+    Returns a new dict with the seconds as given (:func:`check_sla_seconds` checks them).
+    ``key`` maps every channel and stage name before the check (the settings fold case);
+    names mapped to the same channel are merged.  Raises :class:`ConfigError` naming ``where``.
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be an object of channel -> {{stage: seconds}}")
+    out: dict[Any, dict[Any, Any]] = {}
+    for channel, stages in value.items():
+        channel = key(channel)
+        if channel not in CHANNELS:
+            raise ConfigError(
+                f"{where}: unknown channel {channel!r} (expected one of {', '.join(CHANNELS)})"
+            )
+        if not isinstance(stages, Mapping):
+            raise ConfigError(f"{where}[{channel!r}] must be an object of stage -> seconds")
+        checked: dict[Any, Any] = {}
+        for stage, seconds in stages.items():
+            stage = key(stage)
+            if stage not in STUCK_STAGES:
+                raise ConfigError(
+                    f"{where}[{channel!r}]: unknown stage {stage!r} "
+                    f"(expected one of {', '.join(STUCK_STAGES)})"
+                )
+            checked[stage] = seconds
+        out.setdefault(channel, {}).update(checked)
+    return out
+
+
+def check_sla_seconds(table: Mapping[Any, Mapping[Any, Any]], where: str = "") -> None:
+    """Every SLA in ``{channel: {stage: seconds}}`` must be a number > 0.
+
+    The message names the SLA as ``where.channel.stage`` (just ``channel.stage`` without ``where``).
+    """
+    prefix = f"{where}." if where else ""
+    for channel, stages in table.items():
+        for stage, seconds in stages.items():
+            if not isinstance(seconds, (int, float)) or seconds <= 0:
+                raise ConfigError(f"SLA {prefix}{channel}.{stage} must be > 0 seconds, got {seconds!r}")
 
 
 class SlaTable:
@@ -30,30 +79,25 @@ class SlaTable:
 
     def __init__(self, default: Mapping[str, Mapping[str, int]] | None = None,
                  tenant: Mapping[str, Mapping[str, Mapping[str, int]]] | None = None):
-        base = {ch: dict(st) for ch, st in DEFAULT_SLA_S.items()}
-        for ch, stages in (default or {}).items():
-            base.setdefault(ch, {}).update(stages)
-        self._default = self._checked(base)
-        self._tenant: dict[str, dict[str, dict[str, int]]] = {}
-        for t, chans in (tenant or {}).items():
-            merged = {ch: dict(st) for ch, st in self._default.items()}
-            for ch, stages in chans.items():
-                merged.setdefault(ch, {}).update(stages)
-            self._tenant[t] = self._checked(merged)
+        self._default = self._merged(DEFAULT_SLA_S, default or {})
+        self._tenant: dict[str, dict[str, dict[str, int]]] = {
+            t: self._merged(self._default, chans, t) for t, chans in (tenant or {}).items()
+        }
 
     @staticmethod
-    def _checked(table: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-        for ch, stages in table.items():
-            if ch not in CHANNELS:
-                raise ConfigError(f"unknown channel in SLA table: {ch!r}")
-            for st, secs in stages.items():
-                if st not in STUCK_STAGES:
-                    raise ConfigError(f"SLA stage must be queued or sent, got {st!r}")
-                if not isinstance(secs, (int, float)) or secs <= 0:
-                    raise ConfigError(f"SLA for {ch}/{st} must be a positive number of seconds")
+    def _merged(base: Mapping[str, Mapping[str, int]], overrides: Any,
+                tenant: str | None = None) -> dict[str, dict[str, int]]:
+        """``base`` (already valid) with the checked ``overrides`` merged per channel and stage."""
+        where = "SLA defaults" if tenant is None else f"SLA of tenant {tenant!r}"
+        checked = check_sla_keys(overrides, where)
+        check_sla_seconds(checked, tenant or "")
+        table = {ch: dict(st) for ch, st in base.items()}
+        for ch, stages in checked.items():
+            table.setdefault(ch, {}).update(stages)
         return table
 
-    def sla_s(self, tenant: str, channel: str, stage: str) -> float:
+    def sla_s(self, tenant: str | None, channel: str, stage: str) -> float:
+        """The SLA for ``tenant`` (``None``: the channel defaults) at ``channel``/``stage``."""
         table = self._tenant.get(tenant, self._default)
         return table[channel][stage]
 
