@@ -9,6 +9,8 @@ import argparse
 import sys
 from typing import Sequence
 
+from .cli_help import version_line, worker_own_options
+
 
 def _replay(args: argparse.Namespace) -> int:
     from streams.report import Replay, dumps_report, format_table
@@ -65,8 +67,23 @@ def _generate(args: argparse.Namespace) -> int:
     return generate_main(args.extra)
 
 
+_DESCRIPTION = """\
+Live delivery funnel and stuck-message alerts from messaging-vendor event feeds
+(Activity Sync, Altcraft) on Kafka; the same funnel report offline with `replay`."""
+
+_EPILOG = """\
+`funnelwatch worker --help` and `funnelwatch generate --help` show those commands' own
+options; `funnelwatch --version` (or `funnelwatch worker --version`) prints the funnelwatch,
+faust-streaming and aiokafka versions. Configuration is by FUNNELWATCH_* environment
+variables: see the Configuration table in README.md.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="funnelwatch", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="funnelwatch", description=_DESCRIPTION, epilog=_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=version_line(),
+                   help="print the funnelwatch, faust-streaming and aiokafka versions and exit")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("replay", help="offline funnel report from JSON Lines files (SPEC §9)")
     r.add_argument("files", nargs="+", metavar="FILE", help="JSON Lines file, or - for stdin")
@@ -76,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clock for stuck detection (default: latest applied lifecycle timestamp)")
     r.add_argument("--max-event-bytes", type=int, default=1 << 20, help=argparse.SUPPRESS)
     r.set_defaults(func=_replay)
-    w = sub.add_parser("worker", help="run a faust worker (extra args go to faust)", add_help=False)
+    w = sub.add_parser("worker", add_help=False,
+                       help="run a stream-processing worker (needs Kafka; see `funnelwatch worker --help`)")
     w.add_argument("extra", nargs=argparse.REMAINDER)
     w.set_defaults(func=_worker)
     g = sub.add_parser("generate", help="generate mixed sample traffic", add_help=False)
@@ -92,6 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _PASSTHROUGH:  # their own argument parsers (faust's, generate's)
         import importlib
+
+        if argv[0] == "worker":  # help / version: before agents.worker (settings, faust) is imported
+            rc = worker_own_options(argv[1:])
+            if rc is not None:
+                return rc
 
         try:
             return importlib.import_module(_PASSTHROUGH[argv[0]]).main(argv[1:])

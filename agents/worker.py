@@ -33,6 +33,11 @@ def wait_for_broker(settings: Settings, timeout_s: float) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(argv or [])
+    from .cli_help import worker_own_options
+
+    rc = worker_own_options(argv)  # -h/--help, --version: no settings, broker, topics or faust app
+    if rc is not None:
+        return rc
     settings = get_settings()
     wait_s = float(__import__("os").environ.get("FUNNELWATCH_BROKER_WAIT_S", "30"))
     if not wait_for_broker(settings, wait_s):
