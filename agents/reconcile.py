@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streams.stuck import alert_mark, reconcile_from_us
 from streams.timeparse import US_PER_S
 
+from .faust_compat import fetch_all_metadata
 from .settings import Settings
 
 log = logging.getLogger("funnelwatch")
@@ -58,7 +59,7 @@ async def read_published(settings: Settings, *, alerts_topic: str, changelog_top
 
 async def _read(consumer: AIOKafkaConsumer, alerts_topic: str, changelog_topic: str, parts: set[int],
                 partition_of: Callable[[str], int], now_us: int, s: Settings) -> Published:
-    cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - metadata of any topic, no group
+    cluster = await fetch_all_metadata(consumer)  # metadata of any topic, no group
     last: dict[int, int | None] = {p: None for p in parts}
     changelog_parts = cluster.partitions_for_topic(changelog_topic) or set()
     tps = [TopicPartition(changelog_topic, p) for p in sorted(parts & changelog_parts)]

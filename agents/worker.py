@@ -5,7 +5,7 @@ import logging
 import socket
 import sys
 import time
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from .settings import Settings, get_settings
 
@@ -31,7 +31,9 @@ def wait_for_broker(settings: Settings, timeout_s: float) -> bool:
         time.sleep(1)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, make_pipeline: Callable[[Settings], Any] | None = None) -> int:
+    """Run a worker; ``make_pipeline`` builds its :class:`~agents.pipeline.Pipeline` (the seam
+    through which ``tests/fault_worker.py`` passes components with faults)."""
     argv = list(argv or [])
     from .cli_help import worker_own_options
 
@@ -44,11 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"funnelwatch: Kafka is not reachable at {settings.bootstrap_servers} after {wait_s:.0f} s. "
               f"Start a broker (`make kafka-up`) or set FUNNELWATCH_BROKER_URL.", file=sys.stderr)
         return 3
-    if settings.uses_default_hmac_key:
-        logging.getLogger("funnelwatch").warning("FUNNELWATCH_HMAC_KEY is not set: using the development key")
+    from .faust_compat import check_versions
     from .pipeline import Pipeline
 
-    pipeline = Pipeline(settings)
+    check_versions()
+    pipeline = (make_pipeline or Pipeline)(settings)
     app = pipeline.app
     from .topics import ensure_topics_blocking
 

@@ -313,7 +313,7 @@ class WorkerRun:
     """N worker subprocesses of one fresh app id on the shared input topics (or on ``inputs``)."""
 
     def __init__(self, label: str, n: int, ctx: "Ctx", inputs: tuple[str, str] | None = None) -> None:
-        from tests.worker_harness import Worker, free_port, worker_env
+        from tests.worker_harness import Worker, free_port, funnelwatch_bin, worker_env
 
         self.label, self.ctx = label, ctx
         self.app_id = f"{ctx.prefix}-{label}"
@@ -329,7 +329,9 @@ class WorkerRun:
                              publish_interval_s=10, topic_partitions=INPUT_PARTITIONS,
                              extra={"FUNNELWATCH_LOG_LEVEL": ctx.log_level, "FUNNELWATCH_STORE": "memory://",
                                     **ctx.code_env})
-            self.workers.append(Worker(f"{label}-w{i}", env, ctx.tmp / label / f"w{i}.log"))
+            # The production entry point (`funnelwatch worker`), also for a `--rev` export's code.
+            self.workers.append(Worker(f"{label}-w{i}", env, ctx.tmp / label / f"w{i}.log",
+                                       argv=[funnelwatch_bin(), "worker"]))
 
     def output_topics(self) -> list[str]:
         return [self.topics[r] for r in ("dead_letters", "alerts", "funnel_windows")]
@@ -659,9 +661,9 @@ async def latency_probe(run: WorkerRun, rate: float, seconds: float, probe_inter
 
 #: Where a sample's time goes, by the first marker found in its stack (checked in this order).
 PROFILE_BUCKETS = (
-    ("ingest agent (normalize, re-key, send)", ("Pipeline._ingest_fn.<locals>.ingest",)),
-    ("lifecycle agent (table, fold, funnel share)", ("Pipeline._lifecycle",)),
-    ("timers (deadlines tick, funnel-windows publish)", ("Pipeline._tick", "Pipeline._publish_windows")),
+    ("ingest agent (normalize, re-key, send)", ("Ingest.process", "Pipeline._ingest_fn.<locals>.ingest")),
+    ("lifecycle agent (table, fold, funnel share)", ("Lifecycle.process", "Pipeline._lifecycle")),
+    ("timers (deadlines tick, funnel-windows publish)", ("Timers.tick", "Timers.publish_windows", "Pipeline._tick", "Pipeline._publish_windows")),
     ("web views", ("aiohttp/web_protocol.py", "faust/web/")),
     ("aiokafka consumer thread (fetch, decode)", ("AIOKafkaConsumerThread", "mode/threads.py")),
     ("faust fetcher / message dispatch", ("Fetcher._fetcher", "Consumer._drain_messages", "Conductor")),

@@ -518,8 +518,11 @@ def test_backlog_gating_alerts_only_after_catch_up(alert_env: dict, n_stuck: int
     t_start = time.monotonic()
     bs, topics = alert_env["bootstrap"], alert_env["topics"]
     max_lag = 50
+    # A tick every 0.1 s (0.5 s elsewhere): the plain backlog is consumed in well under a
+    # second on a quiet machine, and the test needs ticks while it lags (more chances to alert
+    # early, too).
     env = alert_env["make_env"](FUNNELWATCH_SLA_S=json.dumps({"sms": {"queued": 3, "sent": 4}}),
-                                FUNNELWATCH_ALERT_MAX_LAG=str(max_lag))
+                                FUNNELWATCH_ALERT_MAX_LAG=str(max_lag), FUNNELWATCH_ALERT_TICK_S="0.1")
     tenant = "backlog"
     old = utcnow() - timedelta(seconds=120)  # every deadline is long past
     stuck = [f"st{i:05d}" for i in range(n_stuck)]

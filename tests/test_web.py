@@ -11,7 +11,10 @@ from types import SimpleNamespace
 import pytest
 
 from agents.settings import Settings
-from agents.web import BadRequest, build_dashboard, merge_stats, message_view, split_hooks, token_ok
+from agents.web.guard import token_ok
+from agents.web.ingress import BadRequest, split_hooks
+from agents.web.messages import message_view
+from agents.web.views import build_dashboard, merge_stats
 from streams.events import CanonicalEvent
 from streams.kinds import AS_LIFECYCLE
 from streams.lifecycle import MessageState
@@ -82,8 +85,8 @@ def _state(*events: tuple[str, str]) -> MessageState:
 
 
 def test_message_view() -> None:
-    pipeline = SimpleNamespace(slas=SlaTable(), stuck_open={}, window_us=3600 * 10**6,
-                               s=Settings.isolated(message_retention_s=86400))
+    pipeline = SimpleNamespace(slas=SlaTable(), is_open={}.__contains__, window_us=3600 * 10**6,
+                               settings=Settings.isolated(message_retention_s=86400))
     st = _state(("outbound-sms", "2024-08-27T13:00:00Z"), ("message-sent", "2024-08-27T13:01:00Z"))
     st.alerted = 1 | (1 << 4)  # stuck at queued, then resolved
     v = message_view(pipeline, "activity_sync", "foo", "m", st.to_bytes(), now=parse_ts_us("2024-08-27T13:10:00Z"))

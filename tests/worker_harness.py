@@ -225,11 +225,15 @@ class ManagedProcess:
                 proc.kill()
 
 
+#: The test entry point: ``funnelwatch worker`` plus the faults ``FUNNELWATCH_TEST_*`` asks for.
+TEST_WORKER_ARGV = [sys.executable, "-m", "tests.fault_worker"]
+
+
 class Worker(ManagedProcess):
     """One ``funnelwatch worker`` subprocess, configured by ``FUNNELWATCH_*`` env only."""
 
-    def __init__(self, name: str, env: Mapping[str, str], log_path: Path) -> None:
-        super().__init__(name, [funnelwatch_bin(), "worker"], log_path, env)
+    def __init__(self, name: str, env: Mapping[str, str], log_path: Path, argv: list[str] | None = None) -> None:
+        super().__init__(name, list(argv or TEST_WORKER_ARGV), log_path, env)
 
     def _full_env(self) -> dict[str, str]:
         # Hermetic: no FUNNELWATCH_* from the test runner's environment leaks in.

@@ -1,0 +1,220 @@
+"""Every use of private faust-streaming and aiokafka API, in one module.
+
+The rest of ``agents/`` uses faust's public API only and reaches anything private through
+the functions and classes here. Each private name this module relies on is listed in
+:data:`REQUIRED`; :func:`missing` names those a faust or aiokafka release lacks, and
+``tests/test_faust_compat.py`` fails by name when one disappears. pyproject pins
+faust-streaming and aiokafka to :data:`TESTED_FAUST` / :data:`TESTED_AIOKAFKA`.
+
+Installed by subclassing where faust allows it: the app (:class:`WorkerApp`, for agent
+errors), the transport's ``Consumer`` class (:class:`CommitPointConsumer`, for commits), set
+through the public ``app.transport`` setter; no instance attribute is rebound.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import weakref
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Protocol
+
+import faust
+from aiokafka import TopicPartition
+from faust.streams import _current_event
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+log = logging.getLogger("funnelwatch")
+
+TESTED_FAUST = ("0.15.3",)
+TESTED_AIOKAFKA = ("0.14.0",)
+
+#: module:qualname -> private attributes used here (checked by :func:`missing`).
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "faust.transport.consumer:Consumer": ("_new_offset", "_filter_tps_with_pending_acks",
+                                          "_filter_committable_offsets"),
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread": ("_ensure_consumer", "call_thread"),
+    "faust.transport.drivers.aiokafka:Transport": ("Consumer",),
+    "faust.app.base:App": ("_on_agent_error", "transport", "_fetcher"),
+    "faust.streams": ("_current_event",),
+}
+#: instance attributes (set in ``__init__``) checked on a constructed object by the contract test.
+REQUIRED_INSTANCE: dict[str, tuple[str, ...]] = {
+    "consumer": ("_committed_offset", "_acked", "_acked_index", "_thread"),
+    "agent": ("_actors",),
+    "supervisor": ("_services",),
+    "aiokafka_consumer": ("_client",),
+}
+
+
+def _resolve(path: str) -> Any:
+    mod, _, qual = path.partition(":")
+    obj: Any = importlib.import_module(mod)
+    for part in filter(None, qual.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
+def missing() -> list[str]:
+    """``module:Class.attr`` of every private attribute this module needs and cannot find."""
+    out = []
+    for path, attrs in REQUIRED.items():
+        try:
+            obj = _resolve(path)
+        except (ImportError, AttributeError):
+            out.append(path)
+            continue
+        out.extend(f"{path}.{a}" for a in attrs if not hasattr(obj, a))
+    return out
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for dist in ("faust-streaming", "aiokafka"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def check_versions() -> None:
+    """Log a warning when faust or aiokafka is not a version this module is tested on; raise
+    (a bug to fix here, not in the field) when a private attribute it needs is gone."""
+    gone = missing()
+    if gone:
+        raise RuntimeError(f"faust/aiokafka private API this worker needs is missing: {', '.join(gone)} "
+                           f"(tested on faust-streaming {TESTED_FAUST}, aiokafka {TESTED_AIOKAFKA})")
+    v = versions()
+    if v["faust-streaming"] not in TESTED_FAUST or v["aiokafka"] not in TESTED_AIOKAFKA:
+        log.warning("funnelwatch: running on faust-streaming %s / aiokafka %s; tested on %s / %s",
+                    v["faust-streaming"], v["aiokafka"], TESTED_FAUST, TESTED_AIOKAFKA)
+
+
+# ------------------------------------------------------------------------ the app
+
+
+AgentErrorHandler = Callable[[Any, BaseException], Awaitable[None]]
+
+
+class WorkerApp(faust.App):
+    """faust's App, plus a hook that sees every agent crash before faust restarts the actor."""
+
+    agent_error_hooks: list[AgentErrorHandler]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.agent_error_hooks = []
+
+    async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
+        for hook in list(self.agent_error_hooks):
+            await hook(agent, exc)
+        await super()._on_agent_error(agent, exc)
+
+
+def fetcher_running(app: faust.App, running: Callable[[Any], bool]) -> bool:
+    return running(getattr(app, "_fetcher", None))
+
+
+def consumer_thread(consumer: Any) -> Any:
+    """The aiokafka consumer thread service behind faust's consumer (itself if it has none)."""
+    return getattr(consumer, "_thread", consumer)
+
+
+def agent_actors(agent: Any) -> Iterable[Any]:
+    return getattr(agent, "_actors", ())
+
+
+def supervised_actors(supervisor: Any) -> Iterable[Any]:
+    return list(getattr(supervisor, "_services", ()))
+
+
+# ------------------------------------------------------------------- commits
+
+
+class CommitSource(Protocol):
+    """What :class:`CommitPointConsumer` commits from (``agents.commit.CommitPoint``)."""
+
+    topics: frozenset[str]  # the topics whose offsets it owns
+    next: Mapping[Hashable, int]  # TP -> next offset not yet processed
+
+
+class CommitPointConsumer(faust_aiokafka.Consumer):
+    """faust's aiokafka consumer committing the offsets of :attr:`commit_point`'s topics from it.
+
+    faust acks records its stream skipped and books offset jumps as compaction gaps
+    (``Consumer._new_offset``): it would commit past records no agent processed. Its ack
+    bookkeeping still runs (kept bounded); the offset it commits is the commit point's,
+    and a partition whose commit point moved is committed even without new acks. Other
+    topics (and every topic while no commit point is attached) keep faust's offsets.
+    """
+
+    commit_point: CommitSource | None = None
+
+    def _new_offset(self, tp: Any) -> int | None:
+        offset = super()._new_offset(tp)
+        cp = self.commit_point
+        if cp is not None and tp.topic in cp.topics:
+            return cp.next.get(tp)
+        return offset
+
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[Any]:
+        tps = list(super()._filter_tps_with_pending_acks(topics))
+        cp = self.commit_point
+        if cp is None:
+            return iter(tps)
+        listed = set(tps)
+        committed = self._committed_offset
+        for tp, n in list(cp.next.items()):
+            if tp in listed or not (topics is None or tp in topics or tp.topic in topics):
+                continue
+            c = committed.get(tp)
+            if c is None or n > c:
+                tps.append(tp)
+        return iter(tps)
+
+
+class CommitPointTransport(faust_aiokafka.Transport):
+    Consumer = CommitPointConsumer
+
+
+def install_commit_transport(app: faust.App) -> None:
+    """Give ``app`` the transport whose consumer is a :class:`CommitPointConsumer` (before the
+    consumer is first built)."""
+    app.transport = CommitPointTransport(app.conf.broker_consumer, app)
+
+
+def committed_offset(consumer: Any, tp: Any) -> int | None:
+    """The offset faust last committed (or read as committed) for ``tp``; None if unknown."""
+    return consumer._committed_offset.get(tp)
+
+
+async def group_start_offset(consumer: Any, tp: Any) -> int:
+    """The group's committed offset of ``tp`` asked from the broker, else the log start."""
+    thread = consumer._thread
+    ak = thread._ensure_consumer()
+    atp = TopicPartition(tp.topic, tp.partition)
+    committed = await thread.call_thread(ak.committed, atp)
+    if committed is None or committed < 0:
+        committed = (await thread.call_thread(ak.beginning_offsets, [atp]))[atp]
+    return committed
+
+
+# ---------------------------------------------------------------- table writes
+
+
+def write_in_partition_of(event: Any) -> None:
+    """Make ``event`` faust's "current event": a table write then goes to the changelog
+    partition of ``event``'s record (faust takes it from there)."""
+    _current_event.set(weakref.ref(event))
+
+
+def clear_current_event() -> None:
+    _current_event.set(None)
+
+
+# ------------------------------------------------------------------- aiokafka
+
+
+async def fetch_all_metadata(consumer: Any) -> Any:
+    """Cluster metadata of every topic from a plain (group-less) aiokafka consumer."""
+    return await consumer._client.fetch_all_metadata()

@@ -1,0 +1,129 @@
+"""The lifecycle agent: per batch of the events topic, one :func:`streams.step.step` per
+message key, then its effects, in this order:
+
+1. alerts sent, and acked by Kafka (:class:`~agents.alerts.AlertSender`);
+2. the state written to the table (one changelog record per key per batch) or deleted;
+3. the batch settled at the commit point.
+
+Derived state (funnel share, indexes), the alert book and metrics follow each step at once.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import orjson
+
+from streams.lifecycle import MessageState
+from streams.step import Effects, StepConfig, step
+
+from . import faust_compat
+from .alerts import AlertBook, AlertSender, count_marks
+from .app import OP_BUNDLE
+from .clock import now_us
+from .commit import CommitPoint
+from .derived import DerivedState
+
+
+class Lifecycle:
+    """Applies the events topic to the messages table."""
+
+    def __init__(self, table: Any, cfg: StepConfig, derived: DerivedState, book: AlertBook, sender: AlertSender,
+                 commit: CommitPoint, metrics: Any, batch_max: int, within_s: float,
+                 clock: Callable[[], int] = now_us) -> None:
+        self.table = table
+        self.cfg = cfg
+        self.derived = derived
+        self.book = book
+        self.sender = sender
+        self.commit = commit
+        self.metrics = metrics
+        self.batch_max = batch_max
+        self.within_s = within_s
+        self.clock = clock
+
+    def load(self, key: bytes) -> MessageState | None:
+        raw = self.table.get(key)
+        return MessageState.from_bytes(raw) if raw else None
+
+    async def agent(self, stream: Any) -> None:
+        async for batch in stream.take_events(self.batch_max, within=self.within_s):
+            batch = self.commit.admit(batch)
+            if batch:
+                await self.process(batch)
+
+    async def process(self, batch: list) -> None:
+        # key -> [(op, event)]: bundles are unpacked; every entry of a bundle belongs to the
+        # bundle's partition, as do the check/expire records keyed by message key.
+        groups: dict[bytes, list] = {}
+        for event in batch:
+            op = orjson.loads(event.value)
+            if op[0] == OP_BUNDLE:
+                for entry in op[1:]:  # [key, code, ts, code, ts, ...]
+                    key = entry[0].encode()
+                    entry[0] = 0  # streams.step.OP_EVENT
+                    g = groups.get(key)
+                    if g is None:
+                        groups[key] = [(entry, event)]
+                    else:
+                        g.append((entry, event))
+            else:
+                g = groups.get(event.key)
+                if g is None:
+                    groups[event.key] = [(op, event)]
+                else:
+                    g.append((op, event))
+        table = self.table
+        writes: list[tuple[bytes, bytes | None, Any]] = []
+        for key, ops in groups.items():
+            fx = await self._step(key, ops)
+            if fx.state is not None:
+                if fx.write:
+                    writes.append((key, fx.state.to_bytes(), ops[-1][1]))
+            elif fx.delete:
+                writes.append((key, None, ops[-1][1]))
+        # Alerts are acked before the state marks that record them land: a crash never loses
+        # one; marks it loses are re-read by the next owner (agents.alerts.reconcile).
+        await self.sender.flush()
+        for key, value, event in writes:
+            # Table writes go to the changelog partition of the "current event": make it this
+            # key's own record (take_events leaves it at the batch's last event).
+            faust_compat.write_in_partition_of(event)
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+        faust_compat.clear_current_event()
+        await self.commit.settle(batch)
+
+    async def _step(self, key: bytes, ops: list) -> Effects:
+        book = self.book
+        published = book.published.get(key)
+        now = self.clock()
+        k = key.decode()
+        fx = step(k, self.load(key), [op for op, _ in ops], now, self.cfg, published)
+        if fx.published_used:
+            book.published.pop(key, None)
+            count_marks(book, fx.reconciled)
+        m = self.metrics
+        if fx.duplicates:
+            for _ in range(fx.duplicates):
+                m.duplicate(fx.source)
+        if fx.created:
+            m.tenants.label(fx.tenant, "funnel_stage_reached_total")  # admit, or count the overflow once
+        for _ in range(fx.out_of_order):
+            m.out_of_order()
+        for _ in range(fx.late):
+            m.late_event()
+        for _ in range(fx.conflicts):
+            m.conflicting_outcome()
+        for channel, a, b, secs in fx.latencies:
+            m.latency(channel, a, b, secs)
+        self.derived.apply(k, fx, now)
+        for alert in fx.alerts:
+            await self.sender.send(key, alert)
+        for stage in fx.settled_stages:
+            book.unsuppress(key, stage)
+        if fx.open_known:
+            book.set_open(key, fx.open_alert)
+        return fx
+

@@ -1,0 +1,83 @@
+"""Timers: the deadline tick (stuck checks, expiry, stalled commit points) and the
+``funnel-windows`` publication.
+
+A due deadline becomes a check record on the message's own partition of the events topic,
+so the lifecycle agent raises the alert and records its mark in the changelogged state. A
+partition lagging more than ``alert_max_lag`` records (or a worker in recovery) holds the
+alert back (SPEC §6; counted once per message and stage) and retries it the next tick.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import orjson
+from faust.types import TP
+
+from streams.kinds import STAGE_RANK
+from streams.step import OP_CHECK, OP_EXPIRE
+
+from .alerts import AlertBook
+from .app import Topics
+from .commit import CommitPoint
+from .derived import DerivedState
+from .windows import Windows
+
+EXPIRE_PER_TICK = 10_000
+
+
+class Timers:
+    def __init__(self, app: Any, topics: Topics, commit: CommitPoint, derived: DerivedState, book: AlertBook,
+                 windows: Windows, partition_of: Callable[[str], int], *, alert_max_lag: int,
+                 clock: Callable[[], int]) -> None:
+        self.app = app
+        self.topics = topics
+        self.commit = commit
+        self.derived = derived
+        self.book = book
+        self.windows = windows
+        self.partition_of = partition_of
+        self.alert_max_lag = alert_max_lag
+        self.clock = clock
+        self._events_topic = topics.events.get_topic_name()
+        self._inputs = {t.get_topic_name() for t in topics.inputs}
+
+    async def tick(self) -> None:
+        if not self.commit.accepting:
+            return
+        await self.commit.unstall()
+        now = self.clock()
+        derived = self.derived
+        due = derived.deadlines.pop_due(now)
+        if due:
+            in_recovery = bool(getattr(self.app, "in_recovery", False))
+            input_lag = self.commit.lag_of_topics(self._inputs)
+            lags: dict[int, int] = {}  # one snapshot per tick: this tick's own checks don't count
+            for k, stage, d in due:
+                kb = k.encode()
+                part = self.partition_of(k)
+                lag = lags.get(part)
+                if lag is None:
+                    lag = lags[part] = self.commit.lag(TP(self._events_topic, part)) + input_lag
+                if in_recovery or lag > self.alert_max_lag:
+                    self.book.suppress(kb, stage)
+                    derived.deadlines.schedule(k, d, stage)  # retried next tick, once caught up
+                    continue
+                self.book.unsuppress(kb, stage)
+                await self._send_control(k, [OP_CHECK, STAGE_RANK[stage]])
+        for k, _stage, _d in derived.expiry.pop_due(now, limit=EXPIRE_PER_TICK):
+            await self._send_control(k, [OP_EXPIRE])
+
+    async def _send_control(self, key: str, op: list) -> None:
+        """A control record on the message's own partition (the same function places its events)."""
+        await self.app.producer.send(self._events_topic, key.encode(), orjson.dumps(op),
+                                     self.partition_of(key), None, None)
+
+    async def publish_windows(self) -> None:
+        """Publish changed funnel rows (coalesced) from the owner of events partition 0."""
+        if not self.commit.accepting or not self._owns_partition0():
+            return
+        await self.windows.publish()
+
+    def _owns_partition0(self) -> bool:
+        return any(tp.topic == self._events_topic and tp.partition == 0
+                   for tp in self.app.assignor.assigned_actives())

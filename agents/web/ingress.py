@@ -1,0 +1,108 @@
+"""``POST /ingest/altcraft``: Altcraft webhook ingress (202 once Kafka acknowledged every hook).
+
+The body holds one hook object or a JSON array of them; each hook goes to the Altcraft
+input topic with its exact original bytes. Nothing reaches Kafka from a rejected request.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from .deps import WebDeps
+from .guard import BODY_KEY, error, json_response
+
+log = logging.getLogger("funnelwatch.web")
+
+ACK_TIMEOUT_S = 30.0
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadRequest(f"invalid JSON constant {name}")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_WS = " \t\n\r"
+
+
+def split_hooks(body: bytes) -> list[bytes]:
+    """The raw JSON bytes of each hook in a body holding one hook object or an array of them.
+
+    Array elements keep their exact original bytes (spans found with ``raw_decode``), so the
+    topic gets what the vendor sent. Raises :class:`BadRequest` for anything else.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("body is not UTF-8") from None
+    text = text.lstrip("\ufeff")
+    i, n = 0, len(text)
+    while i < n and text[i] in _WS:
+        i += 1
+    try:
+        if i < n and text[i] == "[":
+            out: list[bytes] = []
+            i += 1
+            while True:
+                while i < n and text[i] in _WS:
+                    i += 1
+                if i < n and text[i] == "]" and not out:
+                    i += 1
+                    break
+                start = i
+                obj, i = _DECODER.raw_decode(text, i)
+                if not isinstance(obj, dict):
+                    raise BadRequest(f"hook {len(out)} is not a JSON object")
+                out.append(text[start:i].encode("utf-8"))
+                while i < n and text[i] in _WS:
+                    i += 1
+                if i < n and text[i] == ",":
+                    i += 1
+                    continue
+                if i < n and text[i] == "]":
+                    i += 1
+                    break
+                raise BadRequest("malformed JSON array")
+        else:
+            start = i
+            obj, i = _DECODER.raw_decode(text, i)
+            if not isinstance(obj, dict):
+                raise BadRequest("body must be a hook object or an array of hook objects")
+            out = [text[start:i].encode("utf-8")]
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON at character {exc.pos}") from None
+    while i < n and text[i] in _WS:
+        i += 1
+    if i != n:
+        raise BadRequest("trailing data after JSON")
+    if not out:
+        raise BadRequest("no hooks in the array")
+    return out
+
+
+class Ingress:
+    def __init__(self, deps: WebDeps) -> None:
+        self.deps = deps
+
+    async def ingest_altcraft(self, web: Any, request: Any) -> Any:
+        body: bytes = request.get(BODY_KEY, b"")
+        try:
+            hooks = split_hooks(body)
+        except BadRequest as exc:
+            return error(web, 400, str(exc))
+        topic = self.deps.ingress_topic
+        producer = self.deps.app.producer
+        try:
+            futs = [await producer.send(topic, None, raw, None, None, None) for raw in hooks]
+            metas = await asyncio.wait_for(asyncio.gather(*futs), ACK_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - some hooks may have been produced; a retry is safe
+            log.warning("ingress: Kafka did not acknowledge %d hooks: %s", len(hooks), type(exc).__name__)
+            return error(web, 503, "Kafka did not acknowledge the hooks; retry (duplicates are harmless)")
+        return json_response(web, {"accepted": len(hooks), "topic": topic,
+                                   "records": [{"partition": m.partition, "offset": m.offset} for m in metas]},
+                             status=202)
