@@ -32,16 +32,11 @@ class TenantLabeler:
         self._on_overflow = on_overflow
 
     def label(self, tenant: str, metric: str = "") -> str:
-        """The label value for ``tenant`` (admits it if there is room)."""
-        admitted = self._admitted
-        if tenant in admitted:
-            return tenant
-        if len(admitted) < self.max_tenants:
-            admitted.add(tenant)
-            return tenant
-        if self._on_overflow is not None:
+        """The label value for ``tenant`` (admits it if there is room; else counts the overflow)."""
+        out = self.admit(tenant)
+        if tenant not in self._admitted and self._on_overflow is not None:
             self._on_overflow(metric)
-        return OTHER
+        return out
 
     __call__ = label
 
