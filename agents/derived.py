@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 from streams.events import split_message_key
 from streams.lifecycle import MessageState, summarize
 from streams.step import Effects, StepConfig
-from streams.stuck import DeadlineIndex, deadline, stuck_bit
+from streams.stuck import DeadlineIndex, PartitionedDeadlines, deadline, stuck_bit
 from streams.kinds import STAGE_RANK
 
 from .alerts import AlertBook
@@ -24,12 +24,14 @@ log = logging.getLogger("funnelwatch")
 class DerivedState:
     """This worker's funnel share, deadline index, expiry index and in-flight count."""
 
-    def __init__(self, cfg: StepConfig, metrics: Any, share: FunnelShare, collector: FunnelCollector) -> None:
+    def __init__(self, cfg: StepConfig, metrics: Any, share: FunnelShare, collector: FunnelCollector,
+                 partition_of: Callable[[str], int]) -> None:
         self.cfg = cfg
+        self.partition_of = partition_of
         self.metrics = metrics
         self.share = share
         self.collector = collector  # the funnel counters of /metrics, from ``share``
-        self.deadlines = DeadlineIndex()
+        self.deadlines = PartitionedDeadlines(partition_of)
         self.expiry = DeadlineIndex()
         self.inflight = 0
 
@@ -57,7 +59,7 @@ class DerivedState:
         """Derive everything from the stored messages ``owned`` says are this worker's; the
         book's open rows follow (rows of messages no longer owned are dropped)."""
         self.share.clear()
-        self.deadlines = DeadlineIndex()
+        self.deadlines = PartitionedDeadlines(self.partition_of)
         self.expiry = DeadlineIndex()
         cfg = self.cfg
         seen: set[bytes] = set()

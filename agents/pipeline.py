@@ -62,7 +62,7 @@ class Pipeline:
         share = FunnelShare()
         collector = FunnelCollector(share, self._tenant_label)
         self.metrics = Metrics(self.registry, s.max_tenants_label, funnel_collector=collector)
-        self.derived = DerivedState(self.step_config, self.metrics, share, collector)
+        self.derived = DerivedState(self.step_config, self.metrics, share, collector, self.partition_of)
         t = self.topics
         self.commit = commit_cls(self.app, [t.activity_sync.get_topic_name(), t.altcraft.get_topic_name(),
                                             t.events.get_topic_name()], self.metrics, s.offset_stall_s)

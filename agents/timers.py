@@ -4,7 +4,9 @@
 A due deadline becomes a check record on the message's own partition of the events topic,
 so the lifecycle agent raises the alert and records its mark in the changelogged state. A
 partition lagging more than ``alert_max_lag`` records (or a worker in recovery) holds the
-alert back (SPEC §6; counted once per message and stage) and retries it the next tick.
+alert back (SPEC §6; counted once per message and stage) until it has caught up. The
+deadlines are kept per partition, and a gated partition's due ones are set aside once: a
+tick costs what fell due since the last one, however long the gate stays shut.
 """
 from __future__ import annotations
 
@@ -46,25 +48,25 @@ class Timers:
             return
         await self.commit.unstall()
         now = self.clock()
-        derived = self.derived
-        due = derived.deadlines.pop_due(now)
-        if due:
-            in_recovery = bool(getattr(self.app, "in_recovery", False))
-            input_lag = self.commit.lag_of_topics(self._inputs)
-            lags: dict[int, int] = {}  # one snapshot per tick: this tick's own checks don't count
-            for k, stage, d in due:
-                kb = k.encode()
-                part = self.partition_of(k)
-                lag = lags.get(part)
-                if lag is None:
-                    lag = lags[part] = self.commit.lag(TP(self._events_topic, part)) + input_lag
-                if in_recovery or lag > self.alert_max_lag:
-                    self.book.suppress(kb, stage)
-                    derived.deadlines.schedule(k, d, stage)  # retried next tick, once caught up
-                    continue
-                self.book.unsuppress(kb, stage)
+        deadlines = self.derived.deadlines
+        in_recovery: bool | None = None
+        input_lag: int | None = None
+        for part in deadlines.partitions():
+            if not deadlines.has_due(part, now):
+                continue
+            if in_recovery is None:  # one snapshot per tick: this tick's own checks don't count
+                in_recovery = bool(getattr(self.app, "in_recovery", False))
+                input_lag = self.commit.lag_of_topics(self._inputs)
+            if in_recovery or self.commit.lag(TP(self._events_topic, part)) + (input_lag or 0) > self.alert_max_lag:
+                # Gated: newly due deadlines are held (counted once per message and stage); the
+                # ones held before are not looked at again until the gate opens.
+                for k, stage, _d in deadlines.hold_due(part, now):
+                    self.book.suppress(k.encode(), stage)
+                continue
+            for k, stage, _d in [*deadlines.release(part), *deadlines.pop_due(part, now)]:
+                self.book.unsuppress(k.encode(), stage)
                 await self._send_control(k, [OP_CHECK, STAGE_RANK[stage]])
-        for k, _stage, _d in derived.expiry.pop_due(now, limit=EXPIRE_PER_TICK):
+        for k, _stage, _d in self.derived.expiry.pop_due(now, limit=EXPIRE_PER_TICK):
             await self._send_control(k, [OP_EXPIRE])
 
     async def _send_control(self, key: str, op: list) -> None:

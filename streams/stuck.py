@@ -191,6 +191,91 @@ class DeadlineIndex:
         heapq.heapify(self._heap)
 
 
+class PartitionedDeadlines:
+    """Pending deadlines per table partition, and the due ones a gate holds back.
+
+    A partition whose alerts are gated (SPEC §6: lagging, or recovering) has its due
+    deadlines moved, once, from its heap to its *held* set (:meth:`hold_due`); they stay
+    there, untouched by later ticks, until the gate opens (:meth:`release`) or the message
+    changes (a new :meth:`schedule` or :meth:`cancel` takes it out). So a tick costs what
+    fell due since the last one, not what waits behind a gate.
+    """
+
+    __slots__ = ("partition_of", "_heaps", "_held")
+
+    def __init__(self, partition_of: Callable[[str], int]) -> None:
+        self.partition_of = partition_of
+        self._heaps: dict[int, DeadlineIndex] = {}
+        self._held: dict[int, dict[str, tuple[int, str]]] = {}
+
+    def __len__(self) -> int:
+        return sum(map(len, self._heaps.values())) + self.held_count()
+
+    def held_count(self) -> int:
+        return sum(map(len, self._held.values()))
+
+    def get(self, key: str) -> tuple[int, str] | None:
+        p = self.partition_of(key)
+        heap = self._heaps.get(p)
+        return (heap.get(key) if heap is not None else None) or self._held.get(p, {}).get(key)
+
+    def schedule(self, key: str, deadline_us: int, stage: str) -> None:
+        p = self.partition_of(key)
+        held = self._held.get(p)
+        if held:
+            held.pop(key, None)
+        heap = self._heaps.get(p)
+        if heap is None:
+            heap = self._heaps[p] = DeadlineIndex()
+        heap.schedule(key, deadline_us, stage)
+
+    def cancel(self, key: str) -> None:
+        p = self.partition_of(key)
+        held = self._held.get(p)
+        if held:
+            held.pop(key, None)
+        heap = self._heaps.get(p)
+        if heap is not None:
+            heap.cancel(key)
+
+    def partitions(self) -> list[int]:
+        return sorted(set(self._heaps) | {p for p, h in self._held.items() if h})
+
+    def has_due(self, partition: int, now_us: int) -> bool:
+        """Anything to do for ``partition`` at ``now_us``: due deadlines or held ones."""
+        if self._held.get(partition):
+            return True
+        heap = self._heaps.get(partition)
+        if heap is None:
+            return False
+        nxt = heap.next_deadline_us()
+        return nxt is not None and nxt < now_us
+
+    def pop_due(self, partition: int, now_us: int) -> list[tuple[str, str, int]]:
+        """Remove and return the due deadlines of ``partition`` (as :meth:`DeadlineIndex.pop_due`)."""
+        heap = self._heaps.get(partition)
+        return heap.pop_due(now_us) if heap is not None else []
+
+    def hold_due(self, partition: int, now_us: int) -> list[tuple[str, str, int]]:
+        """Move the newly due deadlines of a gated ``partition`` to its held set; returns them."""
+        due = self.pop_due(partition, now_us)
+        if due:
+            held = self._held.setdefault(partition, {})
+            for key, stage, d in due:
+                held[key] = (d, stage)
+        return due
+
+    def release(self, partition: int) -> list[tuple[str, str, int]]:
+        """Empty ``partition``'s held set (its gate opened): ``(key, stage, deadline_us)``."""
+        held = self._held.pop(partition, None)
+        return [(key, stage, d) for key, (d, stage) in held.items()] if held else []
+
+    def drop_partition(self, partition: int) -> None:
+        """Forget a partition (no longer owned)."""
+        self._heaps.pop(partition, None)
+        self._held.pop(partition, None)
+
+
 # --------------------------------------------------------------------------- alert marks
 # ``MessageState.alerted`` records which alerts went out: bit ``rank`` = stuck alert for the
 # stage of that rank (queued 0, sent 1), bit ``rank + RESOLVED_SHIFT`` = its resolved alert.
