@@ -202,9 +202,10 @@ async def group_start_offset(consumer: Any, tp: Any) -> int:
 # ---------------------------------------------------------------- table writes
 
 
-def write_in_partition_of(event: Any) -> None:
-    """Make ``event`` faust's "current event": a table write then goes to the changelog
-    partition of ``event``'s record (faust takes it from there)."""
+def use_partition_of(event: Any) -> None:
+    """Make ``event`` faust's "current event": table reads and writes then go to the partition
+    of ``event``'s record (faust takes it from there: the rocksdb store reads only that
+    partition's db, a write goes to that partition of the changelog)."""
     _current_event.set(weakref.ref(event))
 
 

@@ -87,7 +87,7 @@ class Lifecycle:
         for key, value, event in writes:
             # Table writes go to the changelog partition of the "current event": make it this
             # key's own record (take_events leaves it at the batch's last event).
-            faust_compat.write_in_partition_of(event)
+            faust_compat.use_partition_of(event)
             if value is None:
                 table.pop(key, None)
             else:
@@ -100,6 +100,9 @@ class Lifecycle:
         published = book.published.get(key)
         now = self.clock()
         k = key.decode()
+        # The rocksdb store reads a key from the partition of faust's "current event" only:
+        # make it this key's own record (take_events leaves it at the batch's last event).
+        faust_compat.use_partition_of(ops[-1][1])
         fx = step(k, self.load(key), [op for op, _ in ops], now, self.cfg, published)
         if fx.published_used:
             book.published.pop(key, None)

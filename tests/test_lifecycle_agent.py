@@ -1,0 +1,109 @@
+"""The lifecycle agent's batch (agents/lifecycle.py) on a fake table, no broker: every table
+read and write of a message happens with faust's "current event" set to that message's own
+record, since faust's rocksdb store reads only that record's partition (a read in another
+partition's db finds nothing, and the write would overwrite the stored events)."""
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+from faust.streams import current_event
+from prometheus_client import CollectorRegistry
+
+from agents.alerts import AlertBook, AlertSender
+from agents.faust_compat import use_partition_of
+from agents.app import OP_BUNDLE, Partitioner
+from agents.derived import DerivedState
+from agents.funnel import FunnelCollector, FunnelShare
+from agents.lifecycle import Lifecycle
+from agents.metrics import Metrics
+from streams.events import message_key
+from streams.kinds import AS_LIFECYCLE
+from streams.lifecycle import MessageState
+from streams.step import StepConfig
+from streams.stuck import SlaTable
+
+T0 = 1_724_763_600_000_000  # 2024-08-27T13:00:00Z
+N_PARTS = 4
+
+
+class PartitionedTable:
+    """A table like faust's rocksdb store: one dict per partition, reads and writes in the
+    partition of the current event."""
+
+    def __init__(self) -> None:
+        self.parts: dict[int, dict[bytes, bytes]] = {p: {} for p in range(N_PARTS)}
+        self.seen: list[tuple[str, bytes, int]] = []
+
+    def _part(self, op: str, key: bytes) -> int:
+        event = current_event()
+        assert event is not None or op == "get", f"{op} of {key!r} without a current event"
+        p = event.message.partition if event is not None else -1
+        self.seen.append((op, key, p))
+        return p
+
+    def get(self, key: bytes) -> bytes | None:
+        p = self._part("get", key)
+        if p < 0:  # no current event: faust's store looks in every partition
+            return next((d[key] for d in self.parts.values() if key in d), None)
+        return self.parts[p].get(key)
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.parts[self._part("set", key)][key] = value
+
+    def pop(self, key: bytes, default: Any = None) -> Any:
+        return self.parts[self._part("pop", key)].pop(key, default)
+
+
+class Commit:
+    def __init__(self) -> None:
+        self.settled: list[int] = []
+
+    async def settle(self, batch: list) -> None:
+        self.settled += [e.message.offset for e in batch]
+
+
+class Event:  # what the agent reads of a faust event (weak-referenceable, as faust's are)
+    def __init__(self, key: bytes | None, value: bytes, message: Any) -> None:
+        self.key, self.value, self.message = key, value, message
+
+
+def bundle_event(partition: int, offset: int, entries: list[list]) -> Any:
+    msg = SimpleNamespace(partition=partition, offset=offset, tp=("events", partition))
+    return Event(None, orjson.dumps([OP_BUNDLE, *entries]), msg)
+
+
+def test_each_message_is_read_and_written_in_its_own_partition() -> None:
+    part = Partitioner(N_PARTS)
+    keys = [message_key("activity_sync", "acme", f"m{i}") for i in range(40)]
+    by_part: dict[int, list[str]] = {}
+    for k in keys:
+        by_part.setdefault(part(k), []).append(k)
+    assert len(by_part) > 1
+    table = PartitionedTable()
+    metrics = Metrics(CollectorRegistry(), 50)
+    cfg = StepConfig(window_us=3600 * 10**6, retention_us=7 * 86400 * 10**6, slas=SlaTable())
+    share = FunnelShare()
+    derived = DerivedState(cfg, metrics, share, FunnelCollector(share, lambda t: t), part)
+    book = AlertBook(metrics, SlaTable())
+    lc = Lifecycle(table, cfg, derived, book, AlertSender(None, metrics), Commit(), metrics, 1000, 0.05,
+                   clock=lambda: T0)
+    out = AS_LIFECYCLE["outbound-sms"].code
+    sent = AS_LIFECYCLE["message-sent"].code
+    # batch 1: outbound events; batch 2: sent events. Each batch mixes every partition, in
+    # an order where the batch's last record is of another partition than most keys.
+    b1 = [bundle_event(p, 10 + p, [[k, out, T0] for k in ks]) for p, ks in sorted(by_part.items())]
+    b2 = [bundle_event(p, 20 + p, [[k, sent, T0 + 1] for k in ks]) for p, ks in sorted(by_part.items(), reverse=True)]
+    for batch in (b1, b2):
+        async def run(batch: list = batch) -> None:
+            use_partition_of(batch[-1])  # where faust's take_events leaves the current event
+            await lc.process(batch)
+        asyncio.run(run())
+    for op, key, p in table.seen:
+        assert p == part(key.decode()), (op, key, p)
+    for k in keys:  # both events kept: the second batch read the first one's state
+        st = MessageState.from_bytes(table.parts[part(k)][k.encode()])
+        assert [code for _, code in st.events] == [out, sent]
+    assert derived.inflight == len(keys)
