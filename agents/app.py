@@ -22,6 +22,7 @@ from typing import Any
 from aiokafka.partitioner import murmur2
 
 from .faust_compat import WorkerApp, install_commit_transport
+from .http import json_errors_middleware
 from .settings import Settings
 
 OP_BUNDLE = 3  # a record of the events topic holding many messages' events (streams.step has the rest)
@@ -69,6 +70,7 @@ def build_app(s: Settings) -> tuple[WorkerApp, Topics, Any]:
         broker_heartbeat_interval=s.broker_heartbeat_interval_s,
         stream_buffer_maxsize=8192,
         consumer_auto_offset_reset="earliest",
+        web_application_options={"middlewares": [json_errors_middleware()]},
     )
     install_commit_transport(app)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}

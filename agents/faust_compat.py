@@ -1,4 +1,4 @@
-"""Every use of private faust-streaming and aiokafka API, in one module.
+"""Every use of private faust-streaming, aiokafka and aiohttp API, in one module.
 
 The rest of ``agents/`` uses faust's public API only and reaches anything private through
 the functions and classes here. Each private name this module relies on is listed in
@@ -7,8 +7,10 @@ the functions and classes here. Each private name this module relies on is liste
 faust-streaming and aiokafka to :data:`TESTED_FAUST` / :data:`TESTED_AIOKAFKA`.
 
 Installed by subclassing where faust allows it: the app (:class:`WorkerApp`, for agent
-errors), the transport's ``Consumer`` class (:class:`CommitPointConsumer`, for commits), set
-through the public ``app.transport`` setter; no instance attribute is rebound.
+errors and the web driver), the transport's ``Consumer`` class (:class:`CommitPointConsumer`,
+for commits), set through the public ``app.transport`` setter, and the aiohttp web driver
+(:class:`HardenedWeb`: capped request lines and headers, JSON errors for malformed
+requests); no instance method is rebound.
 """
 from __future__ import annotations
 
@@ -19,9 +21,16 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Protocol
 
 import faust
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web import AppRunner, Response
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_server import Server
 from aiokafka import TopicPartition
 from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.web.drivers import aiohttp as faust_aiohttp
+
+from .http import MAX_HEADERS, MAX_LINE_BYTES, SECURITY_HEADERS, error_body
 
 log = logging.getLogger("funnelwatch")
 
@@ -34,7 +43,10 @@ REQUIRED: dict[str, tuple[str, ...]] = {
                                           "_filter_committable_offsets"),
     "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread": ("_ensure_consumer", "call_thread"),
     "faust.transport.drivers.aiokafka:Transport": ("Consumer",),
-    "faust.app.base:App": ("_on_agent_error", "transport", "_fetcher"),
+    "faust.app.base:App": ("_on_agent_error", "transport", "_fetcher", "_new_web"),
+    "aiohttp.web_runner:AppRunner": ("_make_server",),
+    "aiohttp.web_server:Server": ("__call__",),
+    "aiohttp.web_protocol:RequestHandler": ("handle_error",),
     "faust.streams": ("_current_event",),
 }
 #: instance attributes (set in ``__init__``) checked on a constructed object by the contract test.
@@ -43,6 +55,7 @@ REQUIRED_INSTANCE: dict[str, tuple[str, ...]] = {
     "agent": ("_actors",),
     "supervisor": ("_services",),
     "aiokafka_consumer": ("_client",),
+    "web": ("_runner",),
 }
 
 
@@ -109,6 +122,58 @@ class WorkerApp(faust.App):
         for hook in list(self.agent_error_hooks):
             await hook(agent, exc)
         await super()._on_agent_error(agent, exc)
+
+    def _new_web(self) -> Any:
+        web = super()._new_web()
+        return HardenedWeb(self) if type(web) is faust_aiohttp.Web else web
+
+
+# ------------------------------------------------------------------------ the web server
+
+
+class JsonErrorRequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering a request it cannot parse (or a view error it
+    did not catch) with our JSON error and headers: no text echoing the request line."""
+
+    __slots__ = ()  # aiohttp's handler has slots: the same layout, so an instance can switch to it
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> Any:
+        log.debug("funnelwatch: web: %d for a malformed request (%s)", status, type(exc).__name__)
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started: cannot send the error")
+        text = None
+        if isinstance(exc, LineTooLong):
+            text = f"request line or a header longer than {MAX_LINE_BYTES} bytes"
+        elif status == 400:
+            text = "malformed request"
+        resp = Response(status=status, body=error_body(status, text), content_type="application/json",
+                        headers=SECURITY_HEADERS)
+        resp.force_close()
+        return resp
+
+
+class JsonErrorServer(Server):
+    def __call__(self) -> RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = JsonErrorRequestHandler  # same object, one method overridden
+        return handler
+
+
+class HardenedAppRunner(AppRunner):
+    async def _make_server(self) -> Server:
+        server = await super()._make_server()
+        server.__class__ = JsonErrorServer  # same object, one method overridden
+        return server
+
+
+class HardenedWeb(faust_aiohttp.Web):
+    """faust's aiohttp driver with capped request lines and headers and JSON parse errors."""
+
+    def __init__(self, app: Any, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._runner = HardenedAppRunner(self.web_app, access_log=None, max_line_size=MAX_LINE_BYTES,
+                                         max_field_size=MAX_LINE_BYTES, max_headers=MAX_HEADERS)
 
 
 def fetcher_running(app: faust.App, running: Callable[[Any], bool]) -> bool:

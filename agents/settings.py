@@ -32,7 +32,7 @@ from streams.errors import ConfigError
 from streams.kinds import CHANNELS
 from streams.stuck import DEFAULT_SLA_S, STUCK_STAGES, SlaTable, check_sla_keys, check_sla_seconds
 
-from .settings_broker import host_port, split_broker_urls
+from .settings_broker import host_port, is_loopback, split_broker_urls
 
 __all__ = [
     "CHANNELS",
@@ -163,7 +163,14 @@ class Settings(BaseSettings):
     #: Bearer token required by every web view except health checks (``None`` = open).
     web_token: SecretStr | None = None
     web_enable_faust_views: bool = False
+    #: A non-loopback ``web_host`` without ``web_token`` is refused unless this says it is meant.
+    web_allow_anonymous: bool = False
     ingest_token: SecretStr | None = None
+    #: ``POST /ingest/altcraft`` requests per second and burst per client address (0 = no limit);
+    #: loopback clients are not limited unless ``ingest_rate_limit_loopback``.
+    ingest_rate_per_s: float = Field(20.0, ge=0)
+    ingest_rate_burst: int = Field(40, ge=1)
+    ingest_rate_limit_loopback: bool = False
 
     # -- PII (SPEC §8) --------------------------------------------------------------------
     #: Secret for keyed HMAC-SHA256 pseudonyms.  Change it in production.
@@ -336,6 +343,14 @@ class Settings(BaseSettings):
         if channel not in CHANNELS:
             return self.sla_s["unknown"][stage]
         return self.sla_table().sla_s(tenant, channel, stage)
+
+    def exposure_problem(self) -> str | None:
+        """Why serving the web views as configured would expose them to anyone, if it would."""
+        if self.web_token is not None or self.web_allow_anonymous or is_loopback(self.web_host):
+            return None
+        return (f"FUNNELWATCH_WEB_HOST={self.web_host} is not a loopback address and FUNNELWATCH_WEB_TOKEN is "
+                f"not set: every view would be open to anyone who can reach the port. Set FUNNELWATCH_WEB_TOKEN, "
+                f"or FUNNELWATCH_WEB_ALLOW_ANONYMOUS=true if that is intended.")
 
     @property
     def uses_default_hmac_key(self) -> bool:

@@ -40,3 +40,16 @@ def host_port(url: str) -> str:
     if rest.startswith("["):  # IPv6 literal
         return rest if "]:" in rest else f"{rest}:{_DEFAULT_KAFKA_PORT}"
     return rest if ":" in rest else f"{rest}:{_DEFAULT_KAFKA_PORT}"
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` (a web bind address) only accepts connections from this machine."""
+    import ipaddress
+
+    h = host.strip().strip("[]")
+    if h.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False

@@ -41,6 +41,10 @@ def main(argv: Sequence[str] | None = None, *, make_pipeline: Callable[[Settings
     if rc is not None:
         return rc
     settings = get_settings()
+    exposed = settings.exposure_problem()
+    if exposed:  # refused before anything connects
+        print(f"funnelwatch: {exposed}", file=sys.stderr)
+        return 2
     wait_s = float(__import__("os").environ.get("FUNNELWATCH_BROKER_WAIT_S", "30"))
     if not wait_for_broker(settings, wait_s):
         print(f"funnelwatch: Kafka is not reachable at {settings.bootstrap_servers} after {wait_s:.0f} s. "

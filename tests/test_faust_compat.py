@@ -41,6 +41,8 @@ def pipeline(monkeypatch: pytest.MonkeyPatch):
 def _instance(pipeline, what: str):
     if what == "consumer":
         return pipeline.app.consumer
+    if what == "web":
+        return pipeline.app.web
     if what == "agent":
         return next(iter(pipeline.app.agents.values()))
     if what == "supervisor":
@@ -71,6 +73,11 @@ def test_worker_consumer_commits_from_the_commit_point(pipeline) -> None:
     assert consumer.commit_point is pipeline.commit
     # installed by subclassing: nothing rebound on the instance
     assert "_new_offset" not in vars(consumer) and "_filter_tps_with_pending_acks" not in vars(consumer)
+
+
+def test_web_driver_is_the_hardened_one(pipeline) -> None:
+    assert isinstance(pipeline.app.web, faust_compat.HardenedWeb)
+    assert isinstance(pipeline.app.web._runner, faust_compat.HardenedAppRunner)
 
 
 def test_agent_error_hook_is_a_subclass_method(pipeline) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 
+from ..http import SECURITY_HEADERS
 from ..settings import Settings
 
 log = logging.getLogger("funnelwatch.web")
@@ -48,9 +49,8 @@ def error(web: Any, status: int, message: str, **extra: Any) -> Any:
 def _secure(response: Any) -> Any:
     headers = getattr(response, "headers", None)
     if headers is not None:
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("Cache-Control", "no-store")
-        headers.setdefault("Referrer-Policy", "no-referrer")
+        for name, value in SECURITY_HEADERS.items():
+            headers.setdefault(name, value)
     return response
 
 

@@ -2,14 +2,19 @@
 
 The body holds one hook object or a JSON array of them; each hook goes to the Altcraft
 input topic with its exact original bytes. Nothing reaches Kafka from a rejected request.
+Requests are limited per client address (``ingest_rate_per_s``, ``ingest_rate_burst``: 429
+with ``Retry-After``); loopback clients are not, unless ``ingest_rate_limit_loopback``.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from typing import Any
+import math
+import time
+from typing import Any, Callable
 
+from ..settings_broker import is_loopback
 from .deps import WebDeps
 from .guard import BODY_KEY, error, json_response
 
@@ -85,11 +90,51 @@ def split_hooks(body: bytes) -> list[bytes]:
     return out
 
 
+class RateLimiter:
+    """Token bucket per client address: ``rate_per_s`` requests a second, bursts of ``burst``.
+
+    Remembers at most ``max_clients`` addresses (the least recently refilled go first)."""
+
+    def __init__(self, rate_per_s: float, burst: int, clock: Callable[[], float] = time.monotonic,
+                 max_clients: int = 10_000) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.clock = clock
+        self.max_clients = max_clients
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, at)
+
+    def allow(self, client: str) -> float:
+        """0.0 if ``client`` may send now (a token is taken), else the seconds until it may."""
+        now = self.clock()
+        tokens, at = self._buckets.pop(client, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate_per_s)
+        wait_s = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate_per_s
+        if not wait_s:
+            tokens -= 1.0
+        if len(self._buckets) >= self.max_clients:
+            del self._buckets[next(iter(self._buckets))]
+        self._buckets[client] = (tokens, now)
+        return wait_s
+
+
 class Ingress:
     def __init__(self, deps: WebDeps) -> None:
         self.deps = deps
+        s = deps.settings
+        self.limiter = RateLimiter(s.ingest_rate_per_s, s.ingest_rate_burst) if s.ingest_rate_per_s > 0 else None
+        self.limit_loopback = s.ingest_rate_limit_loopback
+
+    def _wait_s(self, request: Any) -> float:
+        client = request.remote or ""
+        if self.limiter is None or (not self.limit_loopback and is_loopback(client)):
+            return 0.0
+        return self.limiter.allow(client)
 
     async def ingest_altcraft(self, web: Any, request: Any) -> Any:
+        wait_s = self._wait_s(request)
+        if wait_s:
+            return json_response(web, {"error": "too many requests from this address; retry later"}, status=429,
+                                 headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
         body: bytes = request.get(BODY_KEY, b"")
         try:
             hooks = split_hooks(body)

@@ -104,8 +104,7 @@ class MessageViews:
         raw = deps.load(key)
         headers = {SERVED_BY_HEADER: me}
         if not raw:
-            return json_response(web, {"error": "unknown message", "source": source, "tenant": tenant,
-                                       "message_id": mid}, status=404, headers=headers)
+            return json_response(web, {"error": "unknown message"}, status=404, headers=headers)
         body = message_view(deps, source, tenant, mid, raw)
         body["served_by"] = me
         return json_response(web, body, headers=headers)

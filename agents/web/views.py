@@ -14,9 +14,12 @@ from ..metrics import render
 from ..windows import parse_filters
 from .deps import WebDeps
 from .guard import error, json_response
+from .params import BadParam, int_param
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 NOT_READY = "worker is rebalancing or recovering; retry"
+MAX_LIMIT = 1000
+MAX_OFFSET = 10**9
 
 
 class Views:
@@ -49,10 +52,10 @@ class Views:
         """Currently stuck messages across all workers, newest first, filtered and paginated."""
         q = request.query
         try:
-            limit = min(max(int(q.get("limit", 100)), 1), 1000)
-            offset = max(int(q.get("offset", 0)), 0)
-        except ValueError:
-            return error(web, 400, "limit and offset must be integers")
+            limit = int_param(q, "limit", 100, 1, MAX_LIMIT)
+            offset = int_param(q, "offset", 0, 0, MAX_OFFSET)
+        except BadParam as exc:
+            return error(web, 400, str(exc))
         flt = {f: q[f] for f in ("tenant", "channel", "stage") if q.get(f)}
         rows = [r for r in self.deps.open_alerts() if all(r.get(f) == v for f, v in flt.items())]
         if q.get("local") == "1":
