@@ -93,7 +93,9 @@ test-chaos: install deps-system
 
 # Live-pipeline benchmark on the local Kafka, then state bytes per in-flight message.
 # Figures are printed and saved as JSON under .bench/ (git-ignored); see bench/README.md.
+# `make bench BENCH_ARGS="--compare REV"` also runs (b) on REV's code, same input, same run.
+BENCH_ARGS ?=
 .PHONY: bench
 bench: install
-	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_pipeline.py $(BENCH_ARGS)
 	$(PY) bench/bench_state_memory.py

@@ -781,12 +781,17 @@ class Ctx:
         self.log_level = args.log_level
         self.code_env: dict[str, str] = {}  # PYTHONPATH of a `--rev` export for workers and replay
         if args.rev:
-            code = self.tmp / "code"
-            code.mkdir()
-            archive = subprocess.run(["git", "archive", args.rev, "agents", "streams"], cwd=ROOT,
-                                     capture_output=True, check=True, timeout=60).stdout
-            subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True, timeout=60)
-            self.code_env = {"PYTHONPATH": str(code)}
+            self.code_env = self.export(args.rev, "code")
+        self.compare_env = self.export(args.compare, "compare") if args.compare else {}
+
+    def export(self, rev: str, name: str) -> dict[str, str]:
+        """agents/ + streams/ of ``rev`` in a temp dir: the PYTHONPATH that runs them."""
+        code = self.tmp / name
+        code.mkdir()
+        archive = subprocess.run(["git", "archive", rev, "agents", "streams"], cwd=ROOT,
+                                 capture_output=True, check=True, timeout=60).stdout
+        subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True, timeout=60)
+        return {"PYTHONPATH": str(code)}
 
 
 def fmt(x: float | None, nd: int = 0) -> str:
@@ -818,6 +823,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rev", default=None,
                    help="run workers and replay on agents/ + streams/ of this git revision (git archive into a "
                         "temp dir, PYTHONPATH) instead of the working tree")
+    p.add_argument("--compare", default=None, metavar="REV",
+                   help="also run (b) on agents/ + streams/ of this git revision, same input, same run, and "
+                        "print both (e.g. the commit before a change)")
     p.add_argument("--keep-topics", action="store_true")
     p.add_argument("--raw-consume-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--topics", help=argparse.SUPPRESS)
@@ -832,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "pipeline", "timestamp": ctx.stamp, "prefix": ctx.prefix, "bootstrap": ctx.bootstrap,
         "host": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(), "python": platform.python_version(),
                  "platform": platform.platform()},
-        "git": {**git_info(), "rev": args.rev, "rev_sha": subprocess.run(
+        "git": {**git_info(), "rev": args.rev, "compare": args.compare, "rev_sha": subprocess.run(
             ["git", "rev-parse", "--short", args.rev], cwd=ROOT, capture_output=True, text=True).stdout.strip()
             if args.rev else None}, "args": {k: v for k, v in vars(args).items() if k not in ("raw_consume_child", "topics",
                                                                                       "timeout")},
@@ -914,7 +922,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"partial {fmt(part.get('events_per_s'))} events/s)")
                 return
             log(f"{key}: {res['events_per_s']:,.0f} events/s ({res['seconds']:.1f}s)")
-            corr = key[0] + "_correctness"
+            corr = key[0] + "_correctness" + ("_compare" if key.endswith("_compare") else "")
             result[corr] = asyncio.run(check_funnel(run, expected))
             log(f"{key}: /funnel vs replay: {'OK' if result[corr]['ok'] else 'MISMATCH'}")
 
@@ -931,6 +939,12 @@ def main(argv: list[str] | None = None) -> int:
         # ---------------------------------------------------------------- (b)
         if "b" in args.phases:
             phase("b_one_worker", lambda: worker_phase("b_one_worker", "1w", 1))
+        if args.compare:  # (b) again, same input, on the code of --compare
+            own_env, ctx.code_env = ctx.code_env, ctx.compare_env
+            try:
+                phase("b_compare", lambda: worker_phase("b_compare", "1w-compare", 1))
+            finally:
+                ctx.code_env = own_env
 
         # ---------------------------------------------------------------- profile
         if args.profile:
@@ -1006,7 +1020,8 @@ def main(argv: list[str] | None = None) -> int:
         out_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
                                           default=str))
         print_summary(result, out_path)
-    if not all(result.get(k, {}).get("ok", True) for k in ("b_correctness", "c_correctness")):
+    if not all(result.get(k, {}).get("ok", True) for k in ("b_correctness", "b_correctness_compare",
+                                                           "c_correctness")):
         return 1  # MISMATCH
     failed = [k for k in result if k.endswith("_error")] + [
         k for k in ("b_one_worker", "c_two_workers") if k in result and "events_per_s" not in result[k]]
@@ -1024,7 +1039,11 @@ def print_summary(r: dict[str, Any], out_path: Path) -> None:
     if a:
         lines.append(f"  (a) raw aiokafka + orjson.loads   {fmt(a.get('events_per_s'))} events/s   "
                      f"cpu {fmt(a.get('cpu_s'), 1)} s   peak RSS {fmt(a.get('peak_rss_mb'))} MB")
-    for label, x in (("(b) one worker                  ", b), ("(c) two workers                 ", c)):
+    bc = r.get("b_compare", {})
+    compare = r["git"].get("compare")
+    for label, x in (("(b) one worker                  ", b),
+                     (f"(b) one worker, code of {compare}".ljust(32), bc),
+                     ("(c) two workers                 ", c)):
         if not x:
             continue
         if "events_per_s" not in x:
@@ -1045,7 +1064,11 @@ def print_summary(r: dict[str, Any], out_path: Path) -> None:
                      f"other processes {fmt(x.get('other_processes_cpu_s'), 1)} s")
     ra = r.get("ratios", {})
     lines.append(f"  ratios: b/a = {fmt(ra.get('b_over_a'), 3)}   c/b = {fmt(ra.get('c_over_b'), 2)}")
-    for label, key in (("(b)", "b_correctness"), ("(c)", "c_correctness")):
+    if b.get("cpu_us_per_event") and bc.get("cpu_us_per_event"):
+        lines.append(f"  (b) vs {compare}: {b['events_per_s'] / bc['events_per_s']:.2f}x events/s, "
+                     f"{b['cpu_us_per_event'] / bc['cpu_us_per_event']:.2f}x CPU per event")
+    for label, key in (("(b)", "b_correctness"), ("(b) " + str(compare), "b_correctness_compare"),
+                       ("(c)", "c_correctness")):
         if key in r:
             k = r[key]
             ing = [int(m.get("ingested_records", 0)) for m in k["metrics"].values()]
