@@ -21,18 +21,19 @@ faust is only imported lazily inside :meth:`Settings.faust_broker_credentials`.
 from __future__ import annotations
 
 import json
+import os
 import ssl
 from functools import lru_cache
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streams.errors import ConfigError
 from streams.kinds import CHANNELS
 from streams.stuck import DEFAULT_SLA_S, STUCK_STAGES, SlaTable, check_sla_keys, check_sla_seconds
 
-from .settings_broker import host_port, is_loopback, split_broker_urls
+from .settings_broker import host_port, split_broker_urls
+from .settings_parse import _decode_json, _domain_check, _sla_name
 
 __all__ = [
     "CHANNELS",
@@ -54,27 +55,7 @@ _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET")
 _DEFAULT_HMAC_KEY = "change-me-in-production"
 
 
-def _decode_json(value: Any, field: str) -> Any:
-    """Accept a JSON string for dict fields (env sources already decode JSON)."""
-    if isinstance(value, (str, bytes)):
-        try:
-            return json.loads(value)
-        except ValueError as exc:
-            raise ValueError(f"{field} must be a JSON object: {exc}") from None
-    return value
-
-
-def _sla_name(name: Any) -> str:
-    """Channel and stage names as configured: case-insensitive, like env variable names."""
-    return str(name).strip().lower()
-
-
-def _domain_check(check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run a ``streams`` validator; its :class:`ConfigError` becomes the ValueError pydantic reports."""
-    try:
-        return check(*args, **kwargs)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
+STORE_SCHEMES = ("rocksdict", "rocksdb", "memory")
 
 
 class Settings(BaseSettings):
@@ -118,6 +99,8 @@ class Settings(BaseSettings):
     # -- state ----------------------------------------------------------------------------
     #: faust table store URL: ``rocksdict://`` in production, ``memory://`` in tests.
     store: str = "rocksdict://"
+    #: How long ``funnelwatch worker`` waits for the broker before exiting (status 3).
+    broker_wait_s: float = Field(30.0, ge=0)
     data_dir: str = ".run/worker"
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
 
@@ -200,6 +183,13 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_protocol(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, value: str) -> str:
+        if value.partition("://")[0].lower() not in STORE_SCHEMES or "://" not in value:
+            raise ValueError(f"unknown store (expected one of {', '.join(f'{x}://' for x in STORE_SCHEMES)})")
+        return value
 
     @field_validator("sla_s", mode="before")
     @classmethod
@@ -344,14 +334,6 @@ class Settings(BaseSettings):
             return self.sla_s["unknown"][stage]
         return self.sla_table().sla_s(tenant, channel, stage)
 
-    def exposure_problem(self) -> str | None:
-        """Why serving the web views as configured would expose them to anyone, if it would."""
-        if self.web_token is not None or self.web_allow_anonymous or is_loopback(self.web_host):
-            return None
-        return (f"FUNNELWATCH_WEB_HOST={self.web_host} is not a loopback address and FUNNELWATCH_WEB_TOKEN is "
-                f"not set: every view would be open to anyone who can reach the port. Set FUNNELWATCH_WEB_TOKEN, "
-                f"or FUNNELWATCH_WEB_ALLOW_ANONYMOUS=true if that is intended.")
-
     @property
     def uses_default_hmac_key(self) -> bool:
         """True while ``hmac_key`` is the shipped placeholder (warn about it at startup)."""
@@ -393,5 +375,6 @@ def _reveal(secret: SecretStr | None) -> str | None:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Process-wide settings from the environment (cached; ``get_settings.cache_clear()`` in tests)."""
-    return Settings()
+    """Process-wide settings from the environment and, if ``FUNNELWATCH_SECRETS_DIR`` names a
+    directory, from files in it (``funnelwatch_web_token``, ...; cached)."""
+    return Settings(_secrets_dir=os.environ.get("FUNNELWATCH_SECRETS_DIR") or None)

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from .settings import Settings, get_settings
+from .settings import Settings
 
 
 def wait_for_broker(settings: Settings, timeout_s: float) -> bool:
@@ -40,12 +40,15 @@ def main(argv: Sequence[str] | None = None, *, make_pipeline: Callable[[Settings
     rc = worker_own_options(argv)  # -h/--help, --version: no settings, broker, topics or faust app
     if rc is not None:
         return rc
-    settings = get_settings()
-    exposed = settings.exposure_problem()
-    if exposed:  # refused before anything connects
-        print(f"funnelwatch: {exposed}", file=sys.stderr)
+    from .preflight import load_settings, startup_problems
+
+    settings, error = load_settings()
+    problems = [error] if settings is None else startup_problems(settings)
+    if problems or settings is None:  # refused before anything connects
+        for problem in problems:
+            print(f"funnelwatch: {problem}", file=sys.stderr)
         return 2
-    wait_s = float(__import__("os").environ.get("FUNNELWATCH_BROKER_WAIT_S", "30"))
+    wait_s = settings.broker_wait_s
     if not wait_for_broker(settings, wait_s):
         print(f"funnelwatch: Kafka is not reachable at {settings.bootstrap_servers} after {wait_s:.0f} s. "
               f"Start a broker (`make kafka-up`) or set FUNNELWATCH_BROKER_URL.", file=sys.stderr)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agents.preflight import exposure_problem
 from agents.settings import Settings
 from agents.settings_broker import is_loopback
 from agents.web.ingress import RateLimiter
@@ -78,7 +79,7 @@ def test_is_loopback(host: str, loopback: bool) -> None:
     ({"web_host": "127.0.0.1", "web_allow_anonymous": True}, False),
 ])
 def test_exposure_problem(overrides: dict, refused: bool) -> None:
-    problem = Settings.isolated(**overrides).exposure_problem()
+    problem = exposure_problem(Settings.isolated(**overrides))
     assert (problem is not None) is refused
     if refused:
         assert "FUNNELWATCH_WEB_TOKEN" in problem and "FUNNELWATCH_WEB_ALLOW_ANONYMOUS" in problem
