@@ -23,4 +23,8 @@ ENV FUNNELWATCH_BROKER_URL=kafka://kafka:9092 \
     FUNNELWATCH_DATA_DIR=/data
 VOLUME ["/data"]
 EXPOSE 6066
+# Liveness: 503 once an agent crashed (see README, Web views). Python's own HTTP client: the
+# slim image has no curl.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:%s/health/live' % os.environ.get('FUNNELWATCH_WEB_PORT', '6066'), timeout=4).status != 200)"]
 CMD ["funnelwatch", "worker"]
