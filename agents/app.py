@@ -23,6 +23,7 @@ from aiokafka.partitioner import murmur2
 
 from .faust_compat import WorkerApp, install_commit_transport
 from .http import json_errors_middleware
+from .logjson import logging_config
 from .settings import Settings
 
 OP_BUNDLE = 3  # a record of the events topic holding many messages' events (streams.step has the rest)
@@ -71,6 +72,7 @@ def build_app(s: Settings) -> tuple[WorkerApp, Topics, Any]:
         stream_buffer_maxsize=8192,
         consumer_auto_offset_reset="earliest",
         web_application_options={"middlewares": [json_errors_middleware()]},
+        logging_config=logging_config(s.log_format),
     )
     install_commit_transport(app)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}

@@ -88,7 +88,8 @@ class CommitPoint:
             for a, b in out.accepted:
                 self.metrics.gap_accepted(tp.topic)
                 log.warning("funnelwatch: %s/%d has no records at offsets %d..%d (skipped again after re-reads: "
-                            "transaction markers or retention): moving on", tp.topic, tp.partition, a, b - 1)
+                            "transaction markers or retention): moving on", tp.topic, tp.partition, a, b - 1,
+                            extra=_where(tp, a))
             if out.seek_to is not None:
                 await self._reread(tp, out.seek_to, self._seeks_logged, "records from offset %d were skipped "
                                    f"(got {_first_past(offs, out.seek_to)}): re-reading them")
@@ -129,11 +130,12 @@ class CommitPoint:
                 logged.clear()
             logged.add((tp, offset))
         log.log(logging.WARNING if first else logging.INFO, "funnelwatch: %s/%d: " + what,
-                tp.topic, tp.partition, offset)
+                tp.topic, tp.partition, offset, extra=_where(tp, offset))
         try:
             await self.app.consumer.seek(tp, offset)
         except Exception as exc:  # noqa: BLE001 - revoked meanwhile: its next owner reads it
-            log.warning("funnelwatch: could not seek %s/%d back to %d: %r", tp.topic, tp.partition, offset, exc)
+            log.warning("funnelwatch: could not seek %s/%d back to %d: %r", tp.topic, tp.partition, offset, exc,
+                        extra=_where(tp, offset))
 
     async def _start_offset(self, tp: Any) -> int | None:
         """Where this generation's processing of ``tp`` starts: the group's committed offset,
@@ -177,3 +179,8 @@ class CommitPoint:
 
 def _first_past(offsets: list[int], hole: int) -> int | None:
     return next((o for o in offsets if o > hole), None)
+
+
+def _where(tp: Any, offset: int) -> dict[str, Any]:
+    """Log record fields of a place in a partition (``FUNNELWATCH_LOG_FORMAT=json`` shows them)."""
+    return {"topic": tp.topic, "partition": tp.partition, "offset": offset}

@@ -163,6 +163,8 @@ class Settings(BaseSettings):
     #: Also register faust's own Prometheus sensor (off by default; SPEC §10 metrics are ours).
     faust_prometheus_sensor: bool = False
     log_level: str = "INFO"
+    #: ``text`` (faust's lines) or ``json`` (one object per line: agents/logjson.py).
+    log_format: Literal["text", "json"] = "text"
 
     # ------------------------------------------------------------------------ validators
     @field_validator("broker_url")

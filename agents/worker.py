@@ -67,7 +67,9 @@ def main(argv: Sequence[str] | None = None, *, make_pipeline: Callable[[Settings
 
         setup_prometheus_sensors(app, pattern="/faust-metrics")
     level = {"warning": "warn", "critical": "crit"}.get(settings.log_level.lower(), settings.log_level.lower())
-    sys.argv = ["funnelwatch", "worker", "--loglevel", level, *argv]
+    # JSON logs: faust's banner and spinner (not log records) would break one object per line.
+    quiet = ["--quiet"] if settings.log_format == "json" else []
+    sys.argv = ["funnelwatch", *quiet, "worker", "--loglevel", level, *argv]
     # faust's and aiokafka's DEBUG lines print record values: dead letters are raw PII (SPEC §8).
     # faust's worker also sets the *root* logger to DEBUG for its spinner, which made every
     # produced record build a debug LogRecord (3-5% of worker CPU): pin the libraries' levels.

@@ -505,7 +505,8 @@ def _all_records_blob(bootstrap: str, topic: str) -> tuple[int, bytes]:
     return len(recs), b"\x00".join(parts)
 
 
-def test_pii_canaries_never_leave_the_worker(rig: Rig) -> None:
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_pii_canaries_never_leave_the_worker(rig: Rig, log_format: str) -> None:
     """Canaries in every PII field of every kind of both vendors (SPEC §8 fields at any depth,
     plus fields the record declares in ``pii``), in applied, duplicate, non-lifecycle,
     ignored and rejected records, with short SLAs so stuck, resolved and campaign alerts are
@@ -513,8 +514,9 @@ def test_pii_canaries_never_leave_the_worker(rig: Rig) -> None:
     ``message-alerts``, the worker log (DEBUG), ``/metrics``, any web view, or a ``dlq.error``
     header; the dead-letter values (the audit copy) do hold them (positive control)."""
     t_start = time.monotonic()
-    w = start_worker(rig, "pii", FUNNELWATCH_MAX_EVENT_BYTES=str(MAX_EVENT_BYTES), FUNNELWATCH_LOG_LEVEL="DEBUG",
-                     FUNNELWATCH_PUBLISH_INTERVAL_S="1")
+    w = start_worker(rig, f"pii-{log_format}", FUNNELWATCH_MAX_EVENT_BYTES=str(MAX_EVENT_BYTES),
+                     FUNNELWATCH_LOG_LEVEL="DEBUG", FUNNELWATCH_PUBLISH_INTERVAL_S="1",
+                     FUNNELWATCH_LOG_FORMAT=log_format)
     c = Canaries()
     now = datetime.now(timezone.utc) - timedelta(seconds=30)
     ts = lambda s: iso(now + timedelta(seconds=s))  # noqa: E731
@@ -621,6 +623,11 @@ def test_pii_canaries_never_leave_the_worker(rig: Rig) -> None:
         check(f"GET {path}", body)
     log_bytes = w.log_bytes()
     check("worker log (DEBUG)", log_bytes)
+    if log_format == "json":  # one object per line, every line
+        lines = [ln for ln in log_bytes.splitlines() if ln.strip()]
+        objs = [json.loads(ln) for ln in lines]
+        assert all({"timestamp", "level", "logger", "message"} <= o.keys() for o in objs), objs[:3]
+        assert any(o["logger"].startswith("funnelwatch") for o in objs)
     assert not found, f"PII canaries found outside the dead-letter values: {json.dumps(found, indent=1)}"
     assert w.alive()
     log(f"PII: {len(c.where)} canaries in {len(raws) + 3} records; scanned {scanned} records, {len(views)} views, "
