@@ -38,6 +38,7 @@ from .funnel import FunnelCollector, FunnelShare
 from .ingest import Ingest
 from .lifecycle import Lifecycle
 from .metrics import Metrics
+from .metrics_worker import WorkerCollector
 from .peers import Peers
 from .settings import Settings
 from .timers import Timers
@@ -78,6 +79,7 @@ class Pipeline:
         self.windows = Windows(lambda: self.derived.share, self.peers, t.windows, s.window_retention_s, now_us)
         self.timers = Timers(self.app, t, self.commit, self.derived, self.book, self.windows, self.partition_of,
                              alert_max_lag=s.alert_max_lag, clock=now_us)
+        self.registry.register(WorkerCollector(self.commit.lags, lambda: self.ready))
         self._owned: set[int] = set()  # events/table partitions owned since the last rebalance
         self._wire()
 
