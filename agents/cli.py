@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from .cli_help import version_line, worker_own_options
+from .progress import Progress, lines_with_progress
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -27,13 +28,18 @@ def _replay(args: argparse.Namespace) -> int:
         print("funnelwatch replay: --window must be a positive number of seconds", file=sys.stderr)
         return 2
     rp = Replay(window_s=args.window, max_event_bytes=args.max_event_bytes)
+    progress = Progress("funnelwatch replay", total=_total_bytes(args.files))  # stderr, terminal only
+
+    def feed(fh: Any) -> None:
+        rp.feed_stream(lines_with_progress(fh, progress) if progress.enabled else fh)
+
     for path in args.files:
         if path == "-":
-            rp.feed_stream(sys.stdin.buffer)
+            feed(sys.stdin.buffer)
             continue
         try:
             with open(path, "rb") as fh:
-                rp.feed_stream(fh)
+                feed(fh)
         except FileNotFoundError:
             print(f"funnelwatch replay: no such file: {path}", file=sys.stderr)
             return 2
@@ -43,6 +49,7 @@ def _replay(args: argparse.Namespace) -> int:
         except PermissionError:
             print(f"funnelwatch replay: permission denied: {path}", file=sys.stderr)
             return 2
+    progress.close()
     report = rp.report(now_us)
     out = sys.stdout.buffer
     if args.json:
@@ -53,6 +60,16 @@ def _replay(args: argparse.Namespace) -> int:
         out.write(format_table(report).encode())
     out.flush()
     return 0
+
+
+def _total_bytes(paths: list[str]) -> int | None:
+    """Bytes of all the files (None with stdin or a file that can't be sized): the ETA's total."""
+    import os
+
+    try:
+        return sum(os.path.getsize(p) for p in paths) if "-" not in paths else None
+    except OSError:
+        return None
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -18,6 +18,8 @@ import orjson
 
 from streams.timeparse import US_PER_S, format_ts_us, parse_ts_us
 
+from .progress import Progress
+
 _WORKFLOW = {
     "experienceContext": {"experienceId": "501b95b3-06d3-4398-9ad4-b2563e158308"},
     "flowContext": {"flowId": "b07a5e44-04e3-4698-a799-04c558b77147", "flowName": "My first flow", "flowVersion": 2},
@@ -142,7 +144,7 @@ def generate(mix: Mix, now_us: int) -> Iterator[bytes]:
 
 
 async def produce(records: Sequence[bytes], bootstrap: str, topic_as: str, topic_ac: str, rate: float | None,
-                  security: dict | None = None) -> int:
+                  security: dict | None = None, progress: Progress | None = None) -> int:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=256 * 1024,
@@ -153,6 +155,8 @@ async def produce(records: Sequence[bytes], bootstrap: str, topic_as: str, topic
         for i, raw in enumerate(records):
             topic = topic_ac if b'"event_type"' in raw else topic_as
             await producer.send(topic, raw)
+            if progress is not None:
+                progress.advance()
             if rate:
                 ahead = i / rate - (time.monotonic() - start)
                 if ahead > 0.005:
@@ -197,8 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .settings import get_settings
 
         s = get_settings()
+        progress = Progress("funnelwatch generate", total=len(records), unit="records")  # terminal only
         n = asyncio.run(produce(records, s.bootstrap_servers, s.topic_activity_sync, s.topic_altcraft, args.rate,
-                                s.aiokafka_security_kwargs()))
+                                s.aiokafka_security_kwargs(), progress if progress.enabled else None))
+        progress.close()
         print(f"funnelwatch generate: produced {n} records to {s.topic_activity_sync} / {s.topic_altcraft} "
               f"at {s.bootstrap_servers}", file=sys.stderr)
         return 0
