@@ -2,11 +2,6 @@
 ingress rate limit, and the refusal to serve views to everyone by accident."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -15,8 +10,8 @@ from agents.settings import Settings
 from agents.settings_broker import is_loopback
 from agents.web.ingress import RateLimiter
 from agents.web.params import BadParam, int_param
+from tests.test_worker_config import run_worker
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(("raw", "want"), [
@@ -86,18 +81,9 @@ def test_exposure_problem(overrides: dict, refused: bool) -> None:
         assert "\n" not in problem
 
 
-def _worker(env_extra: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FUNNELWATCH_")}
-    env.update({"FUNNELWATCH_BROKER_URL": "kafka://127.0.0.1:9", "FUNNELWATCH_BROKER_WAIT_S": "30", **env_extra})
-    t = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "agents.cli", "worker"], env=env, capture_output=True, text=True,
-                          timeout=60, cwd=ROOT)
-    return proc, time.monotonic() - t
-
-
 def test_worker_on_a_public_address_without_token_refuses_to_start() -> None:
     """Regression: FUNNELWATCH_WEB_HOST=0.0.0.0 without a token used to start silently."""
-    proc, elapsed = _worker({"FUNNELWATCH_WEB_HOST": "0.0.0.0"})
+    proc, elapsed = run_worker(FUNNELWATCH_WEB_HOST="0.0.0.0")
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "FUNNELWATCH_WEB_TOKEN" in lines[0], proc.stderr
@@ -105,6 +91,6 @@ def test_worker_on_a_public_address_without_token_refuses_to_start() -> None:
 
 
 def test_worker_on_a_public_address_allowed_anonymous_goes_on_to_the_broker() -> None:
-    proc, _ = _worker({"FUNNELWATCH_WEB_HOST": "0.0.0.0", "FUNNELWATCH_WEB_ALLOW_ANONYMOUS": "true",
-                       "FUNNELWATCH_BROKER_WAIT_S": "1"})
+    proc, _ = run_worker(FUNNELWATCH_WEB_HOST="0.0.0.0", FUNNELWATCH_WEB_ALLOW_ANONYMOUS="true",
+                         FUNNELWATCH_BROKER_WAIT_S="1")
     assert proc.returncode == 3 and "not reachable" in proc.stderr  # past the check, no broker here
