@@ -471,10 +471,16 @@ def test_sigkill_mid_stream_three_times_funnel_equals_replay_and_alerts_exact(ri
         prod = PacedProducer(rig.bootstrap, rig.topics, records, rate=1100).start()
         for k in range(3):
             time.sleep(rng.uniform(2.0, 8.0))
-            before = poller.last.get(w.name, [])
+            # The killed process's counters are known from its last scrape: take one right before
+            # the kill (a poller scrape up to interval_s old could miss records it then committed).
+            poller.current = None
+            last = metrics_of(w, timeout_s=2)
             t_kill = time.monotonic()
             sigkill(w)
             produced_at_kill = prod.acked
+            if processed_count(last) >= processed_count(poller.last.get(w.name, [])):
+                poller.last[w.name] = last
+            before = poller.last[w.name]
             w = rig.pool.start(f"w{k + 1}", env)
             poller.current = w
             w.wait_ready(90)
