@@ -12,8 +12,7 @@ from typing import Any, Callable, Iterable
 from streams.events import split_message_key
 from streams.lifecycle import MessageState, summarize
 from streams.step import Effects, StepConfig
-from streams.stuck import DeadlineIndex, PartitionedDeadlines, deadline, stuck_bit
-from streams.kinds import STAGE_RANK
+from streams.stuck import DeadlineIndex, PartitionedDeadlines, pending_deadline
 
 from .alerts import AlertBook
 from .funnel import FunnelCollector, FunnelShare
@@ -74,9 +73,9 @@ class DerivedState:
             source, tenant, _ = split_message_key(k)
             s = summarize(source, st.events)
             self.share.add_summary(tenant, s, cfg.window_us, st.touched_us)
-            d = deadline(s, tenant, cfg.slas)
-            if d is not None and not st.alerted & stuck_bit(STAGE_RANK[d.stage]):
-                self.deadlines.schedule(k, d.deadline_us, d.stage)  # marks not yet written: their check writes them
+            d = pending_deadline(s, tenant, st.alerted, cfg.slas)  # marks not yet written: their check writes them
+            if d is not None:
+                self.deadlines.schedule(k, d.deadline_us, d.stage)
             self.expiry.schedule(k, st.touched_us + cfg.retention_us, "expire")
             book.set_open(key, book.open_from_state(key, st, s))
             seen.add(key)

@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable, Hashable, Iterable, Iterator, Mappi
 
 import faust
 from aiohttp.http_exceptions import LineTooLong
-from aiohttp.web import AppRunner, Response
+from aiohttp.web import AppRunner
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 from aiokafka import TopicPartition
@@ -30,7 +30,7 @@ from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.web.drivers import aiohttp as faust_aiohttp
 
-from .http import MAX_HEADERS, MAX_LINE_BYTES, SECURITY_HEADERS, error_body
+from .http import MAX_HEADERS, MAX_LINE_BYTES, error_response
 
 log = logging.getLogger("funnelwatch")
 
@@ -147,8 +147,7 @@ class JsonErrorRequestHandler(RequestHandler):
             text = f"request line or a header longer than {MAX_LINE_BYTES} bytes"
         elif status == 400:
             text = "malformed request"
-        resp = Response(status=status, body=error_body(status, text), content_type="application/json",
-                        headers=SECURITY_HEADERS)
+        resp = error_response(status, text)
         resp.force_close()
         return resp
 
@@ -176,8 +175,9 @@ class HardenedWeb(faust_aiohttp.Web):
                                          max_field_size=MAX_LINE_BYTES, max_headers=MAX_HEADERS)
 
 
-def fetcher_running(app: faust.App, running: Callable[[Any], bool]) -> bool:
-    return running(getattr(app, "_fetcher", None))
+def fetcher(app: faust.App) -> Any:
+    """faust's fetcher service (None before it exists)."""
+    return getattr(app, "_fetcher", None)
 
 
 def consumer_thread(consumer: Any) -> Any:

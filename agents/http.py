@@ -22,6 +22,14 @@ def error_body(status: int, message: str | None = None) -> bytes:
     return orjson.dumps({"error": message or HTTPStatus(status).phrase.lower()})
 
 
+def error_response(status: int, message: str | None = None, headers: dict[str, str] | None = None) -> Any:
+    """An aiohttp JSON error response with :data:`SECURITY_HEADERS` (plus ``headers``)."""
+    from aiohttp import web
+
+    return web.Response(status=status, body=error_body(status, message), content_type="application/json",
+                        headers={**SECURITY_HEADERS, **(headers or {})})
+
+
 def json_errors_middleware() -> Any:
     """aiohttp middleware: the server's own error answers (unknown path, method not allowed,
     ...) as JSON errors with :data:`SECURITY_HEADERS`, and those headers on every response."""
@@ -30,18 +38,14 @@ def json_errors_middleware() -> Any:
     @web.middleware
     async def json_errors(request: Any, handler: Any) -> Any:
         if request.method not in KNOWN_METHODS:  # faust's views know these only (others: a KeyError)
-            return web.Response(status=405, body=error_body(405), content_type="application/json",
-                                headers={**SECURITY_HEADERS, "Allow": ", ".join(sorted(KNOWN_METHODS))})
+            return error_response(405, headers={"Allow": ", ".join(sorted(KNOWN_METHODS))})
         try:
             resp = await handler(request)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            headers = dict(SECURITY_HEADERS)
-            if "Allow" in exc.headers:
-                headers["Allow"] = exc.headers["Allow"]
-            return web.Response(status=exc.status, body=error_body(exc.status), content_type="application/json",
-                                headers=headers)
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            return error_response(exc.status, headers=allow)
         for name, value in SECURITY_HEADERS.items():
             resp.headers.setdefault(name, value)
         return resp

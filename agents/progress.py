@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Callable, Iterable, Iterator
+from typing import IO, Callable, Iterator
 
 
 def _eta(seconds: float) -> str:
@@ -60,8 +60,3 @@ def lines_with_progress(stream: IO[bytes], progress: Progress) -> Iterator[bytes
         progress.advance(1, len(line))
         yield line
 
-
-def counted(items: Iterable, progress: Progress) -> Iterator:
-    for item in items:
-        progress.advance()
-        yield item

@@ -24,7 +24,7 @@ from .alerts import resolved_alert, stuck_alert
 from .events import CanonicalEvent, split_message_key
 from .kinds import KINDS, STAGE_RANK, STAGES
 from .lifecycle import Delta, MessageState, Summary, apply, contribution_delta, expired, summarize
-from .stuck import STUCK_STAGES, Deadline, SlaTable, deadline, is_stuck, resolved_bit, stuck_bit
+from .stuck import STUCK_STAGES, Deadline, SlaTable, deadline, is_stuck, pending_deadline, resolved_bit, stuck_bit
 from .timeparse import US_PER_S
 
 OP_EVENT, OP_CHECK, OP_EXPIRE = 0, 1, 2
@@ -183,9 +183,8 @@ def _resolve(fx: Effects, tenant: str, mid: str, st: MessageState, s: Summary, n
 
 
 def _schedule(fx: Effects, tenant: str, st: MessageState, s: Summary, cfg: StepConfig) -> None:
-    d = deadline(s, tenant, cfg.slas)
     fx.schedule = True
-    fx.deadline = d if d is not None and not st.alerted & stuck_bit(STAGE_RANK[d.stage]) else None
+    fx.deadline = pending_deadline(s, tenant, st.alerted, cfg.slas)
     fx.expiry_us = st.touched_us + cfg.retention_us
 
 

@@ -123,6 +123,13 @@ def deadline(summary: Summary, tenant: str, slas: SlaTable) -> Deadline | None:
     return Deadline(stage, since, since + int(sla * US_PER_S), sla)
 
 
+def pending_deadline(summary: Summary, tenant: str, alerted: int, slas: SlaTable) -> Deadline | None:
+    """The deadline to watch: :func:`deadline`, unless its stage already got its stuck alert
+    (``alerted`` marks, see :func:`stuck_bit`)."""
+    d = deadline(summary, tenant, slas)
+    return d if d is not None and not alerted & stuck_bit(STUCK_STAGES.index(d.stage)) else None
+
+
 def is_stuck(d: Deadline | None, now_us: int) -> bool:
     return d is not None and now_us > d.deadline_us
 
@@ -270,10 +277,6 @@ class PartitionedDeadlines:
         held = self._held.pop(partition, None)
         return [(key, stage, d) for key, (d, stage) in held.items()] if held else []
 
-    def drop_partition(self, partition: int) -> None:
-        """Forget a partition (no longer owned)."""
-        self._heaps.pop(partition, None)
-        self._held.pop(partition, None)
 
 
 # --------------------------------------------------------------------------- alert marks

@@ -91,7 +91,7 @@ class Health:
         problems: list[str] = []
         consumer = app.consumer
         consumer_running = _running(consumer) and _running(faust_compat.consumer_thread(consumer))
-        fetcher_running = faust_compat.fetcher_running(app, _running)
+        fetcher_running = _running(faust_compat.fetcher(app))
         recovery = app.tables.recovery
         in_recovery = bool(getattr(app, "in_recovery", False))
         recovered = recovery.completed.is_set() and not in_recovery
