@@ -68,7 +68,7 @@ class AlertBook:
         if bits:
             st = MessageState(st.events, st.alerted | sum(bits), st.touched_us)
         if s is None:
-            s = summarize(parts[0], st.events)
+            s = summarize(parts[0], st.events, st.campaign)
         found = [a for a in bits.values() if a.get("type") == "stuck"] if bits else []
         return open_stuck(parts, st, s, self.slas, found)
 

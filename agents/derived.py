@@ -71,7 +71,7 @@ class DerivedState:
                 continue
             st = MessageState.from_bytes(raw)
             source, tenant, _ = split_message_key(k)
-            s = summarize(source, st.events)
+            s = summarize(source, st.events, st.campaign)
             self.share.add_summary(tenant, s, cfg.window_us, st.touched_us)
             d = pending_deadline(s, tenant, st.alerted, cfg.slas)  # marks not yet written: their check writes them
             if d is not None:

@@ -29,8 +29,10 @@ def _add_into(out: dict, key: Any, vec: Iterable[int]) -> None:
             acc[i] += x
 
 
-# Internal row key carries the source too (metrics are labelled by source; /funnel sums it out).
-SRow = tuple[int, str, str, str]  # (window_start_us, source, tenant, channel)
+# Internal row key carries the source too (metrics are labelled by source; /funnel sums it out),
+# and the campaign (SPEC §11: /funnel?by=campaign; every other view sums it out).
+SRow = tuple[int, str, str, str, "str | None"]  # (window_start_us, source, tenant, channel, campaign)
+_ANY = object()  # "no campaign filter" (None is a campaign value: no campaign)
 
 
 class FunnelShare:
@@ -46,7 +48,7 @@ class FunnelShare:
         self.touched: dict[tuple[int, str, str], int] = {}
 
     def clear(self) -> None:
-        for (w, _src, tenant, ch) in self.rows:
+        for (w, _src, tenant, ch, _c) in self.rows:
             self.dirty.add((w, tenant, ch))
         self.rows.clear()
         self.touched.clear()
@@ -54,10 +56,10 @@ class FunnelShare:
     def apply(self, source: str, delta: Delta, now_us: int) -> None:
         rows = self.rows
         touched = self.touched
-        for (w, tenant, ch), vec in delta:
+        for (w, tenant, ch, campaign), vec in delta:
             if touched.get((w, tenant, ch), -1) < now_us:
                 touched[(w, tenant, ch)] = now_us
-            k = (w, source, tenant, ch)
+            k = (w, source, tenant, ch, campaign)
             acc = rows.get(k)
             if acc is None:
                 acc = rows[k] = [0] * N_FIELDS
@@ -69,27 +71,41 @@ class FunnelShare:
             self.dirty.add((w, tenant, ch))
 
     def add_summary(self, tenant: str, s: Summary, window_us: int, touched_us: int) -> None:
-        self.apply(s.source, [((s.window_start_us(window_us), tenant, s.channel), s.vector())], touched_us)
+        self.apply(s.source, [((s.window_start_us(window_us), tenant, s.channel, s.campaign), s.vector())],
+                   touched_us)
 
     def windows(self, *, tenant: str | None = None, channel: str | None = None,
                 from_us: int | None = None, to_us: int | None = None,
                 min_touched_us: int | None = None) -> dict[tuple[int, str, str], list[int]]:
-        out: dict[tuple[int, str, str], list[int]] = {}
+        return self._select(tenant, channel, from_us, to_us, min_touched_us, _ANY, False)  # type: ignore[return-value]
+
+    def campaigns(self, *, tenant: str | None = None, channel: str | None = None,
+                  from_us: int | None = None, to_us: int | None = None, min_touched_us: int | None = None,
+                  campaign: object = _ANY) -> dict[tuple[int, str, str, str | None], list[int]]:
+        """Rows by ``(window_start_us, tenant, channel, campaign)`` (SPEC §11); ``campaign``
+        filters on one campaign (None: the messages without one)."""
+        return self._select(tenant, channel, from_us, to_us, min_touched_us, campaign, True)  # type: ignore[return-value]
+
+    def _select(self, tenant: str | None, channel: str | None, from_us: int | None, to_us: int | None,
+                min_touched_us: int | None, campaign: object, by_campaign: bool) -> dict[tuple, list[int]]:
+        out: dict[tuple, list[int]] = {}
         touched = self.touched
-        for (w, _src, t, ch), vec in self.rows.items():
+        for (w, _src, t, ch, c), vec in self.rows.items():
             if tenant is not None and t != tenant or channel is not None and ch != channel:
+                continue
+            if campaign is not _ANY and c != campaign:
                 continue
             if min_touched_us is not None and touched.get((w, t, ch), 0) < min_touched_us:
                 continue
             if from_us is not None and w < from_us or to_us is not None and w >= to_us:
                 continue
-            _add_into(out, (w, t, ch), vec)
+            _add_into(out, (w, t, ch, c) if by_campaign else (w, t, ch), vec)
         return out
 
     def totals_by_label(self) -> dict[tuple[str, str, str], list[int]]:
         """Σ over windows per (source, tenant, channel): what the stage counters expose."""
         out: dict[tuple[str, str, str], list[int]] = {}
-        for (_w, src, t, ch), vec in self.rows.items():
+        for (_w, src, t, ch, _c), vec in self.rows.items():
             _add_into(out, (src, t, ch), vec)
         return out
 

@@ -46,10 +46,8 @@ class CanonicalEvent(NamedTuple):
     message_id: str
     kind: Kind
     ts_us: int
-    flow_id: str | None = None
-    flow_name: str | None = None
-    campaign_id: str | None = None
-    experience_id: str | None = None
+    campaign: str | None = None  # SPEC §11: ``flow:<flowId>`` / ``altcraft:<campaign_id>``
+    campaign_name: str | None = None  # the name this event gives it (Activity Sync ``flowName``)
 
     @property
     def key(self) -> str:
@@ -73,6 +71,8 @@ class NonLifecycle:
     tenant: str
     ts_us: int
     alert: dict | None = None  # campaign_error alert body for Altcraft camp_error
+    campaign: str | None = None  # SPEC §11: only used to name it (``campaign_name``)
+    campaign_name: str | None = None
 
 
 @dataclass(slots=True, frozen=True)

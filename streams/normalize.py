@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import orjson
 
+from .campaigns import activity_sync_campaign, altcraft_campaign, altcraft_campaign_name
 from .events import CanonicalEvent, Ignored, NonLifecycle, Outcome, Rejected
 from .kinds import (
     ACTIVITY_SYNC, ALTCRAFT, AC_LIFECYCLE, AS_DEPRECATED, AS_LIFECYCLE, AS_NON_LIFECYCLE, Kind,
@@ -64,14 +65,14 @@ def normalize_obj(obj: object) -> Outcome:
     return out  # type: ignore[return-value]
 
 
-#: A lifecycle event as :func:`normalize_lite` returns it: ``(source, tenant, message_id, kind, ts_us)``.
-LiteEvent = tuple[str, str, str, Kind, int]
+#: A lifecycle event as :func:`normalize_lite` returns it: ``(source, tenant, message_id, kind, ts_us,
+#: campaign, campaign_name)``, the fields of :class:`CanonicalEvent` in order.
+LiteEvent = tuple[str, str, str, Kind, int, "str | None", "str | None"]
 
 
 def normalize_lite(raw: bytes | str, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Outcome | LiteEvent:
     """:func:`normalize` for bulk consumers (replay): same checks, same outcomes, except that a
-    lifecycle event comes back as a plain ``LiteEvent`` tuple, without the optional context
-    fields (flow, campaign, experience) that building a ``CanonicalEvent`` would extract."""
+    lifecycle event comes back as a plain ``LiteEvent`` tuple (the fields of a ``CanonicalEvent``)."""
     obj = _decode(raw, max_event_bytes)
     if type(obj) is Rejected:
         return obj
@@ -94,24 +95,11 @@ def _classify(obj: object) -> Outcome | LiteEvent:
 
 
 def _canonical(ev: LiteEvent, obj: dict) -> CanonicalEvent:
-    """The full canonical event: a lite event plus its PII-free context fields."""
-    source, tenant, mid, kind, ts_us = ev
-    if source is ALTCRAFT:
-        ed = obj.get("event_data")
-        campaign = ed.get("campaign_id") if ed is not None else None
-        return CanonicalEvent(ALTCRAFT, tenant, mid, kind, ts_us,
-                              campaign_id=None if campaign is None else _opt_str(campaign))
-    flow_id = flow_name = experience_id = None
-    wc = obj.get("workflowContext")
-    if type(wc) is dict:
-        fc = wc.get("flowContext")
-        if type(fc) is dict:
-            flow_id, flow_name = _opt_str(fc.get("flowId")), _opt_str(fc.get("flowName"))
-        ec = wc.get("experienceContext")
-        if type(ec) is dict:
-            experience_id = _opt_str(ec.get("experienceId"))
-    return CanonicalEvent(ACTIVITY_SYNC, tenant, mid, kind, ts_us,
-                          flow_id=flow_id, flow_name=flow_name, experience_id=experience_id)
+    """The canonical event of a lite event (the same fields, as a named tuple)."""
+    return _new_event(CanonicalEvent, ev)
+
+
+_new_event = tuple.__new__  # CanonicalEvent(*ev) without the Python-level __new__ frame
 
 
 # Timestamps: the vendors send `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (or an offset instead of Z). The
@@ -179,8 +167,9 @@ def _activity_sync(obj: dict) -> Outcome | LiteEvent:
     tenant = obj["tenantId"]
     if type(tenant) is not str or not tenant:
         return Rejected("schema", "tenantId must be a non-empty string", ACTIVITY_SYNC, kind)
+    campaign, name = activity_sync_campaign(obj)
     if lifecycle is None:
-        return NonLifecycle(ACTIVITY_SYNC, kind, tenant, ts_us)
+        return NonLifecycle(ACTIVITY_SYNC, kind, tenant, ts_us, None, campaign, name)
     data = obj.get("data")
     if data is None:
         return Rejected("missing_message_id", "data.messageId is missing", ACTIVITY_SYNC, kind)
@@ -191,7 +180,7 @@ def _activity_sync(obj: dict) -> Outcome | LiteEvent:
         return Rejected("schema", "data.messageId must be a string", ACTIVITY_SYNC, kind)
     if not mid or mid.isspace():
         return Rejected("missing_message_id", "data.messageId is missing or empty", ACTIVITY_SYNC, kind)
-    return (ACTIVITY_SYNC, tenant, mid, lifecycle, ts_us)
+    return (ACTIVITY_SYNC, tenant, mid, lifecycle, ts_us, campaign, name)
 
 
 def _altcraft(obj: dict) -> Outcome | LiteEvent:
@@ -229,10 +218,12 @@ def _altcraft(obj: dict) -> Outcome | LiteEvent:
         return Ignored(ALTCRAFT, et, "test_event")
     if lifecycle is None:
         alert = _campaign_error(tenant, ed or {}, ts_us) if et == "camp_error" else None
-        return NonLifecycle(ALTCRAFT, et, tenant, ts_us, alert)
+        name = altcraft_campaign_name(et, ed)  # only campaign_launch names a campaign
+        campaign = altcraft_campaign(ed) if name is not None else None
+        return NonLifecycle(ALTCRAFT, et, tenant, ts_us, alert, campaign, name if campaign is not None else None)
     if not mid or mid.isspace():
         return Rejected("missing_message_id", "event_data.send_message_id is missing or empty", ALTCRAFT, et)
-    return (ALTCRAFT, tenant, mid, lifecycle, ts_us)
+    return (ALTCRAFT, tenant, mid, lifecycle, ts_us, altcraft_campaign(ed), None)
 
 
 def _campaign_error(tenant: str, ed: dict, ts_us: int) -> dict:

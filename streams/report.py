@@ -13,9 +13,10 @@ from typing import IO, Iterable
 
 import orjson
 
+from .campaigns import CampaignNames, campaign_rows
 from .events import CanonicalEvent, Ignored, NonLifecycle, Rejected, message_key
 from .kinds import DELIVERED
-from .lifecycle import VECTOR_FIELDS, MessageState, RowKey, Summary, summarize
+from .lifecycle import VECTOR_FIELDS, CampaignKey, MessageState, RowKey, Summary, summarize
 from .normalize import DEFAULT_MAX_EVENT_BYTES, normalize_lite
 from .stuck import SlaTable, deadline
 from .timeparse import US_PER_S, format_ts_us
@@ -32,9 +33,25 @@ def window_row(key: RowKey, vector: Iterable[int]) -> dict:
     return row
 
 
-def window_rows(funnel: dict[RowKey, list[int] | tuple[int, ...]]) -> list[dict]:
-    """Rows sorted by (window_start, tenant, channel), leaving out rows with ``entered == 0``."""
+def window_rows(funnel: dict[RowKey, list[int] | tuple[int, ...]] | dict[CampaignKey, list[int]]) -> list[dict]:
+    """Rows sorted by (window_start, tenant, channel), leaving out rows with ``entered == 0``.
+    Keys with a campaign (``(w, tenant, channel, campaign)``) are summed into their row."""
+    if any(len(k) > 3 for k in funnel):
+        rows: dict[RowKey, list[int]] = {}
+        for k, vec in funnel.items():
+            acc = rows.get(k[:3])
+            if acc is None:
+                rows[k[:3]] = list(vec)
+            else:
+                for i, x in enumerate(vec):
+                    acc[i] += x
+        funnel = rows
     return [window_row(k, funnel[k]) for k in sorted(funnel) if funnel[k][0] != 0]
+
+
+def campaign_report_rows(funnel: dict[CampaignKey, list[int]], names: CampaignNames) -> list[dict]:
+    """SPEC §11 ``campaigns`` rows of a funnel keyed by ``(w, tenant, channel, campaign)``."""
+    return campaign_rows(funnel, names, window_row)
 
 
 class Replay:
@@ -51,6 +68,7 @@ class Replay:
         self.rejected: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
         self.non_lifecycle: Counter[str] = Counter()
+        self.names = CampaignNames()  # SPEC §11 campaign names, from every event not rejected or ignored
         # (source, tenant, message_id) -> the message's applied events; the tuple is the identity
         # (SPEC §2) without building a message_key string per event.
         self.states: dict[tuple[str, str, str], MessageState] = {}
@@ -66,6 +84,7 @@ class Replay:
 
     def _feed(self, lines: Iterable[bytes], pause_gc: bool) -> None:
         states, get = self.states, self.states.get
+        note_name = self.names.note
         rejected, ignored, non_lifecycle = self.rejected, self.ignored, self.non_lifecycle
         mx = self.max_event_bytes
         n = applied = duplicates = 0
@@ -86,18 +105,16 @@ class Replay:
                 out = normalize_lite(line, mx)
                 if type(out) is tuple:
                     ts = out[4]
-                    ident = (ts, out[3].code)
                     key = out[:3]  # (source, tenant, message_id)
+                    campaign = out[5]
+                    if out[6] is not None:  # named, applied or duplicate alike
+                        note_name(out[1], campaign, ts, out[6])
                     st = get(key)
                     if st is None:
-                        states[key] = MessageState([ident])
-                    else:
-                        events = st.events
-                        if ident > events[-1]:  # in order: MessageState.add_ident's fast path, inlined
-                            events.append(ident)
-                        elif not st.add_ident(ts, ident[1]):
-                            duplicates += 1
-                            continue
+                        states[key] = MessageState([(ts, out[3].code)], 0, 0, campaign, ts)
+                    elif not st.add_ident(ts, out[3].code, campaign):
+                        duplicates += 1
+                        continue
                     applied += 1
                     if ts > latest:
                         latest = ts
@@ -105,6 +122,8 @@ class Replay:
                     rejected[out.reason] += 1
                 elif type(out) is NonLifecycle:
                     non_lifecycle[out.kind] += 1
+                    if out.campaign_name is not None and out.campaign is not None:
+                        note_name(out.tenant, out.campaign, out.ts_us, out.campaign_name)
                 elif type(out) is Ignored:
                     ignored[out.reason] += 1
                 else:  # pragma: no cover - a new outcome type without a bucket is a bug
@@ -119,6 +138,8 @@ class Replay:
 
     def feed_event(self, ev: CanonicalEvent) -> None:
         key = (ev.source, ev.tenant, ev.message_id)
+        if ev.campaign_name is not None and ev.campaign is not None:
+            self.names.note(ev.tenant, ev.campaign, ev.ts_us, ev.campaign_name)
         st = self.states.get(key)
         if st is None:
             st = self.states[key] = MessageState()
@@ -135,17 +156,17 @@ class Replay:
     def summaries(self) -> Iterable[tuple[str, str, Summary]]:
         """``(message_key, tenant, summary)`` per message."""
         for (source, tenant, mid), state in self.states.items():
-            yield message_key(source, tenant, mid), tenant, summarize(source, state.events)
+            yield message_key(source, tenant, mid), tenant, summarize(source, state.events, state.campaign)
 
     def report(self, now_us: int | None = None) -> dict:
         if now_us is None:
             now_us = self.latest_us if self.latest_us is not None else 0
         window_us, slas = self.window_us, self.slas
-        rows: dict[RowKey, list[tuple[int, ...]]] = {}
+        rows: dict[CampaignKey, list[tuple[int, ...]]] = {}
         stuck = []
         for (source, tenant, message_id), state in self.states.items():  # self.summaries(), inlined
-            s = summarize(source, state.events)
-            row = (s.entry_us // window_us * window_us, tenant, s.channel)  # s.window_start_us(window_us)
+            s = summarize(source, state.events, state.campaign)
+            row = (s.entry_us // window_us * window_us, tenant, s.channel, s.campaign)  # s.window_start_us(window_us)
             vectors = rows.get(row)
             if vectors is None:
                 rows[row] = [s.vector()]
@@ -173,6 +194,7 @@ class Replay:
                  "since": format_ts_us(d.since_us), "deadline": format_ts_us(d.deadline_us)}
                 for _, src, tenant, mid, ch, d in stuck
             ],
+            "campaigns": campaign_report_rows(funnel, self.names),
         }
 
 

@@ -9,6 +9,7 @@ indexes, the facts to its metrics.
 Ops (decoded from the internal lifecycle topic):
 
 * ``(OP_EVENT, code, ts_us, code, ts_us, ...)``: lifecycle events (kind code, timestamp);
+* ``(OP_EVENTS, code, ts_us, campaign, ...)``: the same, each with its campaign (SPEC §11, or None);
 * ``(OP_CHECK, rank)``: the deadline of the stage of ``rank`` came due (the timer sent it);
 * ``(OP_EXPIRE,)``: the message may be past ``message_retention``.
 
@@ -27,7 +28,7 @@ from .lifecycle import Delta, MessageState, Summary, apply, contribution_delta, 
 from .stuck import STUCK_STAGES, Deadline, SlaTable, deadline, is_stuck, pending_deadline, resolved_bit, stuck_bit
 from .timeparse import US_PER_S
 
-OP_EVENT, OP_CHECK, OP_EXPIRE = 0, 1, 2
+OP_EVENT, OP_CHECK, OP_EXPIRE, OP_EVENTS = 0, 1, 2, 4
 # Latencies observed when a stage is first reached: queued→sent, sent→delivered, delivered→opened/clicked.
 LATENCY_PAIRS = ((0, 1), (1, 2), (2, 3), (2, 4))
 Published = Mapping[int, Mapping[str, Any]]  # alerted bit -> alert record found on the topic
@@ -100,7 +101,10 @@ def step(key: str, state: MessageState | None, ops: Sequence[Sequence[Any]], now
         fx.write |= _merge_published(fx, state, published)
     for op in ops:
         kind = op[0]
-        if kind == OP_EVENT:
+        if kind == OP_EVENTS:
+            for i in range(1, len(op), 3):
+                _event(fx, parts, op[i], op[i + 1], now_us, cfg, published, op[i + 2])
+        elif kind == OP_EVENT:
             for i in range(1, len(op), 2):
                 _event(fx, parts, op[i], op[i + 1], now_us, cfg, published)
         elif kind == OP_CHECK:
@@ -115,7 +119,7 @@ def step(key: str, state: MessageState | None, ops: Sequence[Sequence[Any]], now
     if st is not None and not st.alerted:  # no stuck mark: nothing open (the common case, no fold)
         fx.open_known = True
     elif st is not None and (fx.write or fx.published_used):
-        s = summarize(source, st.events)
+        s = summarize(source, st.events, st.campaign)
         sent = [sent_alert] if sent_alert else []
         if fx.published_used and published:
             sent += [a for a in published.values() if a.get("type") == "stuck"]
@@ -139,10 +143,10 @@ def _merge_published(fx: Effects, st: MessageState, published: Published) -> boo
 
 
 def _event(fx: Effects, parts: tuple[str, str, str], code: int, ts_us: int, now_us: int, cfg: StepConfig,
-           published: Published | None) -> None:
+           published: Published | None, campaign: str | None = None) -> None:
     source, tenant, mid = parts
     state = fx.state
-    res = apply(state, CanonicalEvent(source, tenant, mid, KINDS[code], ts_us), window_us=cfg.window_us,
+    res = apply(state, CanonicalEvent(source, tenant, mid, KINDS[code], ts_us, campaign), window_us=cfg.window_us,
                 now_us=now_us)
     if res.duplicate:
         fx.duplicates += 1
@@ -196,7 +200,7 @@ def _check(fx: Effects, parts: tuple[str, str, str], rank: int, now_us: int,
     if st.alerted & stuck_bit(rank):
         return None
     source, tenant, mid = parts
-    s = summarize(source, st.events)
+    s = summarize(source, st.events, st.campaign)
     d = deadline(s, tenant, cfg.slas)
     if d is None or STAGE_RANK[d.stage] != rank:
         return None
@@ -217,7 +221,7 @@ def _expire(fx: Effects, now_us: int, cfg: StepConfig) -> None:
     if not expired(st, now_us=now_us, retention_us=cfg.retention_us):
         fx.expiry_us = st.touched_us + cfg.retention_us
         return
-    s = summarize(fx.source, st.events)
+    s = summarize(fx.source, st.events, st.campaign)
     fx.delta.extend(contribution_delta(fx.tenant, cfg.window_us, s, None))
     fx.retired.append((s.channel, s.vector()))
     fx.state = None

@@ -17,7 +17,8 @@ SHARED = REPO.parent / "shared"
 GOLDEN = SHARED / "scenarios" / "basic.jsonl"
 COMPARE = SHARED / "tools" / "compare_report.py"
 OWN = REPO / "tests" / "scenarios"
-SCENARIOS = [GOLDEN] + sorted(OWN.glob("*.jsonl"))
+CAMPAIGNS = SHARED / "scenarios" / "campaigns.jsonl"
+SCENARIOS = [GOLDEN, CAMPAIGNS] + sorted(OWN.glob("*.jsonl"))
 TS_KEYS = {"window_start", "since", "deadline"}
 
 # SPEC §8, transcribed
@@ -52,6 +53,28 @@ def expected_of(scenario: Path) -> dict:
     return json.loads(scenario.with_name(scenario.name.replace(".jsonl", ".expected.json")).read_text())
 
 
+def as_expected(report: dict, expected: dict) -> dict:
+    """The report in the shape of ``expected``: reports written before SPEC §11 have no
+    ``campaigns`` (their campaign rows are checked by :func:`assert_campaigns_add_up`)."""
+    return report if "campaigns" in expected else {k: v for k, v in report.items() if k != "campaigns"}
+
+
+def assert_campaigns_add_up(report: dict) -> None:
+    """SPEC §11: per (window_start, tenant, channel) the campaign rows add up to the windows row."""
+    sums: dict = {}
+    for r in report["campaigns"]:
+        assert r["entered"] > 0
+        acc = sums.setdefault((r["window_start"], r["tenant"], r["channel"]), {})
+        for f, v in r.items():
+            if f not in ("window_start", "tenant", "channel", "campaign", "campaign_name"):
+                acc[f] = acc.get(f, 0) + v
+    assert sums == {(r["window_start"], r["tenant"], r["channel"]): {
+        f: v for f, v in r.items() if f not in ("window_start", "tenant", "channel")} for r in report["windows"]}
+    keys = [(r["window_start"], r["tenant"], r["channel"], r["campaign"] is not None, r["campaign"] or "")
+            for r in report["campaigns"]]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+
+
 def test_shared_folder_is_beside_the_repo():
     assert GOLDEN.is_file() and COMPARE.is_file(), f"expected ../shared beside the repo at {SHARED}"
 
@@ -66,8 +89,9 @@ def test_scenario_report(scenario, tmp_path):
     cmp = subprocess.run([sys.executable, str(COMPARE), str(got), str(exp_path)], capture_output=True, text=True)
     assert cmp.returncode == 0, cmp.stdout
     report = json.loads(p.stdout)
-    assert norm(report) == norm(expected_of(scenario))
-    assert set(report) == {"input", "windows", "stuck"}
+    assert norm(as_expected(report, expected_of(scenario))) == norm(expected_of(scenario))
+    assert set(report) == {"input", "windows", "stuck", "campaigns"}
+    assert_campaigns_add_up(report)
     # timestamps are UTC with Z
     for r in report["windows"]:
         assert r["window_start"].endswith("Z")
@@ -89,7 +113,7 @@ def test_output_is_deterministic_bytes():
 
 def test_stdin_dash():
     via_stdin = replay_json("-", stdin=GOLDEN.read_bytes())
-    assert norm(via_stdin) == norm(expected_of(GOLDEN))
+    assert norm(as_expected(via_stdin, expected_of(GOLDEN))) == norm(expected_of(GOLDEN))
 
 
 def test_several_files_are_one_stream():
@@ -195,13 +219,13 @@ def test_default_max_event_bytes_is_one_mib(tmp_path):
 def test_blank_lines_and_crlf(tmp_path):
     f = tmp_path / "crlf.jsonl"
     f.write_bytes(b"\r\n\r\n" + b"\r\n".join(GOLDEN.read_bytes().splitlines()) + b"\r\n  \r\n\n")
-    assert norm(replay_json(str(f))) == norm(expected_of(GOLDEN))
+    assert norm(as_expected(replay_json(str(f)), expected_of(GOLDEN))) == norm(expected_of(GOLDEN))
 
 
 def test_empty_input():
     got = replay_json("-", stdin=b"")
     assert got == {"input": {"lines": 0, "applied": 0, "duplicates": 0, "rejected": {}, "ignored": {},
-                             "non_lifecycle": {}}, "windows": [], "stuck": []}
+                             "non_lifecycle": {}}, "windows": [], "stuck": [], "campaigns": []}
 
 
 def test_table_output():

@@ -214,7 +214,7 @@ def _fold(events, window_us=W):
 
 def _final_contribution(events, window_us=W):
     s = summary_of(*events)
-    return {(s.window_start_us(window_us), events[0].tenant, s.channel): list(s.vector())}
+    return {(s.window_start_us(window_us), events[0].tenant, s.channel, s.campaign): list(s.vector())}
 
 
 def _nonzero(funnel):
@@ -229,9 +229,9 @@ def test_late_earlier_event_moves_the_window():
     assert not results[1].moved
     assert _nonzero(funnel) == _final_contribution(evs)
     (key, vec), = _nonzero(funnel).items()
-    assert key == (T0, "t", "sms") and vec[:4] == [1, 1, 1, 1]
+    assert key == (T0, "t", "sms", None) and vec[:4] == [1, 1, 1, 1]
     # the old rows (14:00 unknown) are exactly zero, not negative
-    assert funnel[(T0 + H, "t", "unknown")] == [0] * N_FIELDS
+    assert funnel[(T0 + H, "t", "unknown", None)] == [0] * N_FIELDS
 
 
 def test_unknown_to_sms_channel_move_in_the_same_window():
@@ -239,7 +239,7 @@ def test_unknown_to_sms_channel_move_in_the_same_window():
     funnel, _, results = _fold(evs)
     assert results[1].moved and not results[1].out_of_order
     assert results[1].old.channel == "unknown" and results[1].new.channel == "sms"
-    assert _nonzero(funnel) == {(T0, "t", "sms"): [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]}
+    assert _nonzero(funnel) == {(T0, "t", "sms", None): [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]}
 
 
 def test_channel_move_reshapes_the_ladder():
@@ -247,7 +247,7 @@ def test_channel_move_reshapes_the_ladder():
     evs = [ev("message-link-clicked", T0 + 10 * S), ev("outbound-sms", T0 + 20 * S)]
     funnel, _, results = _fold(evs)
     assert results[0].new.reached.keys() == {0, 1, 2, 3, 4}
-    assert _nonzero(funnel) == {(T0, "t", "sms"): [1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 1]}
+    assert _nonzero(funnel) == {(T0, "t", "sms", None): [1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 1]}
 
 
 def test_delivery_after_failure_turns_failed_into_delivered():
@@ -255,7 +255,7 @@ def test_delivery_after_failure_turns_failed_into_delivered():
     funnel, _, results = _fold(evs)
     assert results[1].new.failed and not results[2].new.failed
     assert results[2].new_conflict and not results[1].new_conflict
-    assert dict(zip(VECTOR_FIELDS, funnel[(T0, "t", "email")]))["failed"] == 0
+    assert dict(zip(VECTOR_FIELDS, funnel[(T0, "t", "email", None)]))["failed"] == 0
 
 
 def test_new_stages_reports_only_newly_reached_ranks():
@@ -287,8 +287,8 @@ def test_random_sequences_with_duplicates_fold_to_the_final_contribution():
 
 def test_contribution_delta_edges():
     s = summary_of(ev("message-sent", T0))
-    assert contribution_delta("t", W, None, s) == [((T0, "t", "unknown"), s.vector())]
-    assert contribution_delta("t", W, s, None) == [((T0, "t", "unknown"), tuple(-x for x in s.vector()))]
+    assert contribution_delta("t", W, None, s) == [((T0, "t", "unknown", None), s.vector())]
+    assert contribution_delta("t", W, s, None) == [((T0, "t", "unknown", None), tuple(-x for x in s.vector()))]
     assert contribution_delta("t", W, s, s) == []
 
 

@@ -95,6 +95,9 @@ def test_tables_cover_every_kind_the_spec_names():
     assert len(AS_TABLE) == 7 and len(AC_TABLE) == 36
 
 
+#: SPEC §11: the campaign and name the Activity Sync samples carry (workflowContext.flowContext).
+AS_FLOW = ("flow:b07a5e44-04e3-4698-a799-04c558b77147", "My first flow")
+
 @pytest.mark.parametrize("kind", sorted(AS_TABLE))
 def test_activity_sync_lifecycle_kind(kind):
     effect, channel, total = AS_TABLE[kind]
@@ -110,7 +113,7 @@ def test_activity_sync_lifecycle_kind(kind):
 @pytest.mark.parametrize("kind", AS_NON_LIFECYCLE)
 def test_activity_sync_non_lifecycle_kind(kind):
     out = n(as_ev(kind))
-    assert out == NonLifecycle("activity_sync", kind, "foo", AS_TS_US)
+    assert out == NonLifecycle("activity_sync", kind, "foo", AS_TS_US, None, *AS_FLOW)  # SPEC §11: it names the flow
 
 
 @pytest.mark.parametrize("kind", AS_NON_LIFECYCLE)
@@ -140,7 +143,7 @@ def test_altcraft_lifecycle_type(event_type):
     assert type(out) is CanonicalEvent
     assert (out.source, out.tenant, out.message_id, out.ts_us) == ("altcraft", "23", "s-1", AC_TS_US)
     assert (out.effect, out.channel, out.kind.total) == (effect, channel, total)
-    assert out.kind.name == event_type and out.campaign_id == "973"
+    assert out.kind.name == event_type and (out.campaign, out.campaign_name) == ("altcraft:973", None)
 
 
 @pytest.mark.parametrize("event_type", AC_NON_LIFECYCLE)
@@ -450,10 +453,9 @@ def test_activity_sync_seed_sample(kind):
     if kind in AS_TABLE:
         assert type(out) is CanonicalEvent
         assert (out.tenant, out.message_id, out.ts_us, out.kind.name) == ("foo", AS_MID, AS_TS_US, kind)
-        assert (out.flow_id, out.flow_name, out.experience_id) == (
-            "b07a5e44-04e3-4698-a799-04c558b77147", "My first flow", "501b95b3-06d3-4398-9ad4-b2563e158308")
+        assert (out.campaign, out.campaign_name) == AS_FLOW
     else:
-        assert out == NonLifecycle("activity_sync", kind, "foo", AS_TS_US)
+        assert out == NonLifecycle("activity_sync", kind, "foo", AS_TS_US, None, *AS_FLOW)
 
 
 def test_activity_sync_sample_quirks_are_accepted():
@@ -467,7 +469,7 @@ def test_activity_sync_sample_quirks_are_accepted():
     assert type(n(email)) is CanonicalEvent and n(email) == n(dict(email, pii=[]))
     matched = AS_SAMPLES["inbound-sms-matched"]
     assert "metadata" in matched
-    assert n(matched) == NonLifecycle("activity_sync", "inbound-sms-matched", "foo", AS_TS_US)
+    assert n(matched) == NonLifecycle("activity_sync", "inbound-sms-matched", "foo", AS_TS_US, None, *AS_FLOW)
 
 
 @pytest.mark.parametrize("event_type", sorted(AC_SAMPLES))
@@ -483,7 +485,8 @@ def test_altcraft_seed_sample(event_type):
 
 
 def test_altcraft_campaign_launch_sample():
-    assert n(CAMPAIGN_LAUNCH) == NonLifecycle("altcraft", "campaign_launch", "161", 1481278284934079)
+    assert n(CAMPAIGN_LAUNCH) == NonLifecycle("altcraft", "campaign_launch", "161", 1481278284934079, None,
+                                              "altcraft:1472", "Campaugn Launch Hook")
 
 
 def test_seed_altcraft_types_are_all_in_the_spec_tables():
@@ -522,7 +525,7 @@ def test_extra_fields_are_allowed_everywhere():
     assert n(ac) == n(ac_ev("click")) and type(n(ac)) is CanonicalEvent
     nl = as_ev("action", newField=[1])
     nl["data"]["vendorAdded"] = {"y": None}
-    assert n(nl) == NonLifecycle("activity_sync", "action", "foo", AS_TS_US)
+    assert n(nl) == NonLifecycle("activity_sync", "action", "foo", AS_TS_US, None, *AS_FLOW)
 
 
 # ---- differential test: normalize vs SPEC §7, transcribed ------------------------------------------------
@@ -813,7 +816,8 @@ def test_normalize_lite_agrees_with_normalize():
     for raw in lines:
         full, lite = normalize(raw), normalize_lite(raw)
         if type(full) is CanonicalEvent:
-            assert lite == (full.source, full.tenant, full.message_id, full.kind, full.ts_us)
+            assert lite == (full.source, full.tenant, full.message_id, full.kind, full.ts_us, full.campaign,
+                            full.campaign_name) == tuple(full)
         else:
             assert lite == full
         kinds.add(type(full).__name__)

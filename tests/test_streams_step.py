@@ -578,7 +578,7 @@ def test_expire_past_retention_deletes(key, events):
     fx = run(st, [EXPIRE], touched + RET + 1, key=key)
     assert fx.delete and fx.state is None and not fx.write
     assert fx.retired == [(s.channel, s.vector())]
-    row = (s.window_start_us(W), key.split("|")[1], s.channel)
+    row = (s.window_start_us(W), key.split("|")[1], s.channel, None)
     assert summed(fx.delta + [(row, s.vector())]) == {}
     assert fx.inflight_delta == -1 and fx.created == 0
     assert fx.schedule and fx.deadline is None and fx.expiry_us is None
@@ -604,8 +604,8 @@ def test_expire_then_new_event_in_the_same_step_recreates():
     assert fx.inflight_delta == 0 and fx.created == 1
     assert fx.retired == [(old.channel, old.vector())]
     new = summarize("activity_sync", fx.state.events)
-    expected = {(old.window_start_us(W), "acme", "email"): tuple(-x for x in old.vector())}
-    new_row = (new.window_start_us(W), "acme", "sms")
+    expected = {(old.window_start_us(W), "acme", "email", None): tuple(-x for x in old.vector())}
+    new_row = (new.window_start_us(W), "acme", "sms", None)
     expected[new_row] = new.vector()
     assert summed(fx.delta) == expected
     assert fx.schedule and fx.deadline == Deadline("queued", now - 5 * S, now + 115 * S, 120)
@@ -767,7 +767,7 @@ def test_order_and_batching_do_not_matter(run_):
     assert ref_tot["created"] == 1 and ref_tot["inflight"] == 1
     # the summed delta is the message's contribution, in its row
     s = summarize(source_of(key), MessageState.from_bytes(ref_bytes).events)
-    assert ref_delta == {(s.window_start_us(W), key.split("|")[1], s.channel): s.vector()}
+    assert ref_delta == {(s.window_start_us(W), key.split("|")[1], s.channel, None): s.vector()}
 
 
 def test_order_independence_exhaustive_small():

@@ -30,7 +30,7 @@ def message_view(deps: Any, source: str, tenant: str, message_id: str, raw: byte
     ``settings.message_retention_s``."""
     now = now_us() if now is None else now
     st = MessageState.from_bytes(raw)
-    s = summarize(source, st.events)
+    s = summarize(source, st.events, st.campaign)
     d = deadline(s, tenant, deps.slas)
     outcome = "delivered" if s.delivered else "failed" if s.failed else "none"
     key = message_key(source, tenant, message_id).encode()
