@@ -57,7 +57,7 @@ def _replay(args: argparse.Namespace) -> int:
 
         out.write(dumps_report(report))
     else:
-        out.write(format_table(report).encode())
+        out.write(format_table(report, by=args.by).encode())
     out.flush()
     return 0
 
@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("files", nargs="+", metavar="FILE", help="JSON Lines file, or - for stdin")
     r.add_argument("--json", action="store_true", help="print the exact SPEC §9 JSON report")
     r.add_argument("--window", type=int, default=3600, metavar="SECONDS", help="cohort window size (3600)")
+    r.add_argument("--by", choices=("window", "campaign"), default="window",
+                   help="rows of the table: per window, tenant and channel (default), or also per campaign/flow (SPEC §11)")
     r.add_argument("--now", default=None, metavar="ISO",
                    help="clock for stuck detection (default: latest applied lifecycle timestamp)")
     r.add_argument("--max-event-bytes", type=int, default=1 << 20, help=argparse.SUPPRESS)

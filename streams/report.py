@@ -210,8 +210,9 @@ def _rate(num: int, den: int) -> str:
     return f"{100.0 * num / den:5.1f}%" if den else "    - "
 
 
-def format_table(report: dict) -> str:
-    """A human-readable funnel table: counts and delivery/open/click rates per row."""
+def format_table(report: dict, by: str = "window") -> str:
+    """A human-readable funnel table: counts and delivery/open/click rates per row; ``by="campaign"``:
+    one row per window, tenant, channel and campaign (SPEC §11), named where a name is known."""
     inp = report["input"]
     lines = [
         f"input: {inp['lines']} lines, {inp['applied']} applied, {inp['duplicates']} duplicates, "
@@ -220,16 +221,25 @@ def format_table(report: dict) -> str:
     ]
     if inp["rejected"]:
         lines.append("rejected: " + ", ".join(f"{k}={v}" for k, v in inp["rejected"].items()))
-    hdr = (f"{'window_start':<21}{'tenant':<14}{'channel':<9}{'entered':>8}{'queued':>8}{'sent':>8}"
-           f"{'deliv':>8}{'opened':>8}{'clicked':>8}{'failed':>8}{'deliv%':>8}{'open%':>8}{'click%':>8}")
+    by_campaign = by == "campaign"
+    camp_hdr = f"{'campaign name':<24}" if by_campaign else ""
+    hdr = (f"{'window_start':<21}{'tenant':<14}{'channel':<9}{camp_hdr}{'entered':>8}{'queued':>8}{'sent':>8}"
+           f"{'deliv':>8}{'opened':>8}{'clicked':>8}{'failed':>8}{'deliv%':>8}{'open%':>8}{'click%':>8}"
+           + ("  campaign" if by_campaign else ""))
     lines += ["", hdr, "-" * len(hdr)]
-    for r in report["windows"]:
+    rows = report["campaigns"] if by_campaign else report["windows"]
+    for r in rows:
+        camp = tail = ""
+        if by_campaign:
+            name = r["campaign_name"] or "-"
+            camp = f"{name if len(name) < 24 else name[:22] + '…':<24}"
+            tail = f"  {r['campaign'] or '(none)'}"
         lines.append(
-            f"{r['window_start']:<21}{r['tenant'][:13]:<14}{r['channel']:<9}{r['entered']:>8}{r['queued']:>8}"
+            f"{r['window_start']:<21}{r['tenant'][:13]:<14}{r['channel']:<9}{camp}{r['entered']:>8}{r['queued']:>8}"
             f"{r['sent']:>8}{r['delivered']:>8}{r['opened']:>8}{r['clicked']:>8}{r['failed']:>8}"
             f"{_rate(r['delivered'], r['entered']):>8}{_rate(r['opened'], r['delivered']):>8}"
-            f"{_rate(r['clicked'], r['delivered']):>8}")
-    if not report["windows"]:
+            f"{_rate(r['clicked'], r['delivered']):>8}{tail}")
+    if not rows:
         lines.append("(no messages)")
     lines.append("")
     lines.append(f"stuck: {len(report['stuck'])}")
