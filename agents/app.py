@@ -5,13 +5,15 @@ Data flow::
     activity-sync-events ─┐ ingest: normalize ─► dead-letters (rejected, original bytes)
     altcraft-action-hooks ┘        │
                                    ▼ per batch, one bundle per target partition:
-                                   │ [OP_BUNDLE, [message key, kind code, ts_us, ...], ...] (no PII)
+                                   │ [OP_BUNDLE_CAMPAIGNS, [[names key, ts_us, name], ...],
+                                   │  [message key, kind code, ts_us, campaign, ...], ...] (no PII)
                    <app>-lifecycle-events (internal, N partitions; + stuck-check/expiry records)
                                    │ lifecycle agent: streams.step per key per batch,
                                    │ one table write (changelog record) per key per batch
                                    ▼
           messages table (changelogged) ─► derived state (funnel share, deadline/expiry
                                            indexes) ─► /funnel, /metrics, funnel-windows
+          campaign-names table (changelogged, keyed tenant|campaign) ─► /funnel?by=campaign
           deadline index ─► timer ─► stuck check (via the events topic) ─► message-alerts
 """
 from __future__ import annotations
@@ -27,6 +29,9 @@ from .logjson import logging_config
 from .settings import Settings
 
 OP_BUNDLE = 3  # a record of the events topic holding many messages' events (streams.step has the rest)
+# The same, with each event's campaign and the campaign names of the bundle's partition (SPEC §11);
+# what ingest writes. OP_BUNDLE records (written before SPEC §11) are still read.
+OP_BUNDLE_CAMPAIGNS = 4
 
 
 @dataclass(frozen=True)
@@ -92,12 +97,23 @@ def build_app(s: Settings) -> tuple[WorkerApp, Topics, Any]:
     return app, topics, messages
 
 
-def internal_topics(s: Settings, topics: Topics, messages: Any) -> dict[str, tuple[int, dict[str, str]]]:
+def campaign_names_table(app: Any, s: Settings) -> Any:
+    """``tenant|campaign`` -> name (SPEC §11), in the partition of its key (as the events
+    topic's records that carry it); value ``streams.campaigns`` ``pack_name``."""
+    names = app.Table("campaign-names", default=None, partitions=s.topic_partitions, key_type=bytes,
+                      value_type=bytes, help="tenant|campaign -> (timestamp, name) of the event naming it")
+    names.key_serializer = names.value_serializer = "raw"
+    return names
+
+
+def internal_topics(s: Settings, topics: Topics, *tables: Any) -> dict[str, tuple[int, dict[str, str]]]:
     """The topics faust would create for this app: name -> (partitions, configs)."""
     n = s.topic_partitions
-    return {topics.events.get_topic_name(): (n, {}),
-            messages.changelog_topic.get_topic_name(): (n, {"cleanup.policy": "compact"}),
-            f"{s.app_id}-__assignor-__leader": (1, {})}
+    out = {topics.events.get_topic_name(): (n, {})}
+    for table in tables:
+        out[table.changelog_topic.get_topic_name()] = (n, {"cleanup.policy": "compact"})
+    out[f"{s.app_id}-__assignor-__leader"] = (1, {})
+    return out
 
 
 class Partitioner:

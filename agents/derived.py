@@ -1,4 +1,5 @@
-"""State derived from the owned table partitions: funnel share, deadline and expiry indexes.
+"""State derived from the owned table partitions: funnel share, deadline and expiry indexes,
+campaign names.
 
 None of it is persisted: it is updated from each message step's effects and rebuilt from
 the table after every rebalance or restart (:meth:`DerivedState.rebuild`), so it always
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Iterable
 
+from streams.campaigns import CampaignNames, split_names_key, unpack_name
 from streams.events import split_message_key
 from streams.lifecycle import MessageState, summarize
 from streams.step import Effects, StepConfig
@@ -33,6 +35,7 @@ class DerivedState:
         self.deadlines = PartitionedDeadlines(partition_of)
         self.expiry = DeadlineIndex()
         self.inflight = 0
+        self.names = CampaignNames()  # of the owned names-table partitions (SPEC §11)
 
     def apply(self, key: str, fx: Effects, now_us: int) -> None:
         """Carry out one message step's effects on the derived state."""
@@ -84,3 +87,17 @@ class DerivedState:
         self.inflight = n
         self.metrics.inflight_set(n)
         return n
+
+    def rebuild_names(self, items: Iterable[tuple[bytes, bytes]], owned: Callable[[str], bool]) -> int:
+        """The campaign names of the owned names-table partitions."""
+        names = CampaignNames()
+        for key, raw in items:
+            if not raw:
+                continue
+            k = key.decode()
+            if owned(k):
+                tenant, campaign = split_names_key(k)
+                ts, name = unpack_name(raw)
+                names.note(tenant, campaign, ts, name)
+        self.names = names
+        return len(names.names)

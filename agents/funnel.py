@@ -32,7 +32,7 @@ def _add_into(out: dict, key: Any, vec: Iterable[int]) -> None:
 # Internal row key carries the source too (metrics are labelled by source; /funnel sums it out),
 # and the campaign (SPEC §11: /funnel?by=campaign; every other view sums it out).
 SRow = tuple[int, str, str, str, "str | None"]  # (window_start_us, source, tenant, channel, campaign)
-_ANY = object()  # "no campaign filter" (None is a campaign value: no campaign)
+ANY_CAMPAIGN = _ANY = object()  # "no campaign filter" (None is a campaign value: no campaign)
 
 
 class FunnelShare:

@@ -3,8 +3,11 @@
 Per batch of an input topic: :func:`streams.normalize.normalize` each record; lifecycle
 events are bundled, one record of the events topic per target partition per batch (the
 lifecycle agent then pays faust's per-record cost once per bundle instead of once per
-event); rejected records become dead letters (SPEC §7) acked by Kafka before the batch
-counts as processed; ``camp_error`` becomes a ``campaign_error`` alert.
+event), each event with its campaign; the campaign names the batch's events carry (SPEC §11,
+the latest per campaign) go in the bundle of their ``tenant|campaign`` key's partition, where
+the lifecycle agent keeps them in the names table; rejected records become dead letters
+(SPEC §7) acked by Kafka before the batch counts as processed; ``camp_error`` becomes a
+``campaign_error`` alert.
 """
 from __future__ import annotations
 
@@ -16,11 +19,12 @@ import orjson
 from aiokafka.errors import KafkaTimeoutError
 
 from streams.alerts import campaign_error_alert
+from streams.campaigns import name_wins, names_key
 from streams.events import CanonicalEvent, Ignored, NonLifecycle, Rejected
 from streams.kinds import known_kind, metric_kind
 from streams.normalize import normalize
 
-from .app import OP_BUNDLE, Topics
+from .app import OP_BUNDLE_CAMPAIGNS, Topics
 from .clock import now_us
 from .commit import CommitPoint
 
@@ -67,6 +71,7 @@ class Ingest:
         max_bytes = self.max_event_bytes
         partition_of = self.partition_of
         bundles: dict[int, dict[str, list]] = {}
+        names: dict[str, tuple[int, str]] = {}  # names key -> the latest (ts_us, name) of the batch
         dead: list[DeadLetterSent] = []
         for event in batch:
             raw = event.value if event.value is not None else b""
@@ -80,16 +85,25 @@ class Ingest:
                     entries = bundles[part] = {}
                 rec = entries.get(k)
                 if rec is None:
-                    entries[k] = [k, out.kind.code, out.ts_us]
+                    entries[k] = [k, out.kind.code, out.ts_us, out.campaign]
                 else:
-                    rec += (out.kind.code, out.ts_us)
+                    rec += (out.kind.code, out.ts_us, out.campaign)
+                if out.campaign_name is not None:
+                    _note_name(names, out.tenant, out.campaign, out.ts_us, out.campaign_name)
             else:
+                if type(out) is NonLifecycle and out.campaign_name is not None and out.campaign is not None:
+                    _note_name(names, out.tenant, out.campaign, out.ts_us, out.campaign_name)
                 sent = await self._other(out, raw, event.message, topic_name)
                 if sent is not None:
                     dead.append(sent)
+        by_part: dict[int, list[list]] = {}
+        for nk, (ts, name) in names.items():
+            by_part.setdefault(partition_of(nk), []).append([nk, ts, name])
         send = self.app.producer.send
-        for part, entries in bundles.items():
-            await send(self._events_topic, None, orjson.dumps([OP_BUNDLE, *entries.values()]), part, None, None)
+        for part in bundles.keys() | by_part.keys():
+            entries = bundles.get(part)
+            value = orjson.dumps([OP_BUNDLE_CAMPAIGNS, by_part.get(part, ()), *(entries.values() if entries else ())])
+            await send(self._events_topic, None, value, part, None, None)
         if dead:
             await self.await_dead_letters(dead)
         await self.commit.settle(batch)
@@ -155,6 +169,14 @@ class Ingest:
             dlq = self.topics.dead_letters
             resent = [(await dlq.send(key=k, value=v, headers=h), (k, v, h)) for _, (k, v, h) in failed]
             sent = [(f, args) for f, args in sent if f in pending] + resent
+
+
+def _note_name(names: dict[str, tuple[int, str]], tenant: str, campaign: str | None, ts_us: int, name: str) -> None:
+    if campaign is None:
+        return
+    nk = names_key(tenant, campaign)
+    if name_wins(ts_us, name, names.get(nk)):
+        names[nk] = (ts_us, name)
 
 
 def _transient(exc: BaseException | None) -> bool:

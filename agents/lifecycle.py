@@ -2,7 +2,8 @@
 message key, then its effects, in this order:
 
 1. alerts sent, and acked by Kafka (:class:`~agents.alerts.AlertSender`);
-2. the state written to the table (one changelog record per key per batch) or deleted;
+2. the state written to the table (one changelog record per key per batch) or deleted, and
+   each campaign name that wins over the stored one written to the names table (SPEC §11);
 3. the batch settled at the commit point.
 
 Derived state (funnel share, indexes), the alert book and metrics follow each step at once.
@@ -13,12 +14,13 @@ from typing import Any, Callable
 
 import orjson
 
+from streams.campaigns import name_wins, pack_name, split_names_key
 from streams.lifecycle import MessageState
-from streams.step import Effects, StepConfig, step
+from streams.step import OP_EVENT, OP_EVENTS, Effects, StepConfig, step
 
 from . import faust_compat
 from .alerts import AlertBook, AlertSender, count_marks
-from .app import OP_BUNDLE
+from .app import OP_BUNDLE, OP_BUNDLE_CAMPAIGNS
 from .clock import now_us
 from .commit import CommitPoint
 from .derived import DerivedState
@@ -29,8 +31,9 @@ class Lifecycle:
 
     def __init__(self, table: Any, cfg: StepConfig, derived: DerivedState, book: AlertBook, sender: AlertSender,
                  commit: CommitPoint, metrics: Any, batch_max: int, within_s: float,
-                 clock: Callable[[], int] = now_us) -> None:
+                 clock: Callable[[], int] = now_us, names_table: Any = None) -> None:
         self.table = table
+        self.names_table = names_table
         self.cfg = cfg
         self.derived = derived
         self.book = book
@@ -55,12 +58,22 @@ class Lifecycle:
         # key -> [(op, event)]: bundles are unpacked; every entry of a bundle belongs to the
         # bundle's partition, as do the check/expire records keyed by message key.
         groups: dict[bytes, list] = {}
+        names: dict[str, tuple[int, str, Any]] = {}  # names key -> latest (ts_us, name, its record)
         for event in batch:
             op = orjson.loads(event.value)
-            if op[0] == OP_BUNDLE:
-                for entry in op[1:]:  # [key, code, ts, code, ts, ...]
+            kind = op[0]
+            if kind == OP_BUNDLE_CAMPAIGNS or kind == OP_BUNDLE:
+                if kind == OP_BUNDLE_CAMPAIGNS:  # [op, names, [key, code, ts, campaign, ...], ...]
+                    for nk, ts, name in op[1]:
+                        cur = names.get(nk)
+                        if name_wins(ts, name, cur):
+                            names[nk] = (ts, name, event)
+                    entries, op_events = op[2:], OP_EVENTS
+                else:  # [op, [key, code, ts, ...], ...]
+                    entries, op_events = op[1:], OP_EVENT
+                for entry in entries:
                     key = entry[0].encode()
-                    entry[0] = 0  # streams.step.OP_EVENT
+                    entry[0] = op_events
                     g = groups.get(key)
                     if g is None:
                         groups[key] = [(entry, event)]
@@ -92,8 +105,21 @@ class Lifecycle:
                 table.pop(key, None)
             else:
                 table[key] = value
+        if names:
+            self._write_names(names)
         faust_compat.clear_current_event()
         await self.commit.settle(batch)
+
+    def _write_names(self, names: dict[str, tuple[int, str, Any]]) -> None:
+        """Names that win over the known ones: to the names table (in the partition of their
+        key, which is that of the bundle that brought them) and the derived names."""
+        known = self.derived.names
+        for nk, (ts, name, event) in names.items():
+            tenant, campaign = split_names_key(nk)
+            if name_wins(ts, name, known.names.get((tenant, campaign))):
+                faust_compat.use_partition_of(event)
+                self.names_table[nk.encode()] = pack_name(ts, name)
+                known.note(tenant, campaign, ts, name)
 
     async def _step(self, key: bytes, ops: list) -> Effects:
         book = self.book

@@ -30,7 +30,7 @@ from streams.timeparse import US_PER_S
 
 from . import web
 from .alerts import AlertBook, AlertSender, reconcile
-from .app import Partitioner, build_app, internal_topics
+from .app import Partitioner, build_app, campaign_names_table, internal_topics
 from .clock import now_us
 from .commit import CommitPoint
 from .derived import DerivedState
@@ -56,6 +56,7 @@ class Pipeline:
         s = self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.app, self.topics, self.messages = build_app(s)
+        self.names = campaign_names_table(self.app, s)
         self.partition_of = Partitioner(s.topic_partitions)
         self.slas = SlaTable(s.sla_s, s.tenant_sla_s)
         self.step_config = StepConfig(window_us=s.window_s * US_PER_S,
@@ -74,9 +75,11 @@ class Pipeline:
                                  max_event_bytes=s.max_event_bytes, batch_max=s.batch_max_events,
                                  within_s=s.batch_within_s, dead_letter_ack_timeout_s=s.dead_letter_ack_timeout_s)
         self.lifecycle = Lifecycle(self.messages, self.step_config, self.derived, self.book, self.sender,
-                                   self.commit, self.metrics, s.batch_max_events, s.batch_within_s)
+                                   self.commit, self.metrics, s.batch_max_events, s.batch_within_s,
+                                   names_table=self.names)
         self.peers = Peers(self.app, s)
-        self.windows = Windows(lambda: self.derived.share, self.peers, t.windows, s.window_retention_s, now_us)
+        self.windows = Windows(lambda: self.derived.share, self.peers, t.windows, s.window_retention_s, now_us,
+                               lambda: self.derived.names)
         self.timers = Timers(self.app, t, self.commit, self.derived, self.book, self.windows, self.partition_of,
                              alert_max_lag=s.alert_max_lag, clock=now_us)
         self.registry.register(WorkerCollector(self.commit.lags, lambda: self.ready))
@@ -108,7 +111,7 @@ class Pipeline:
         return self.commit.accepting
 
     def internal_topics(self) -> dict[str, tuple[int, dict[str, str]]]:
-        return internal_topics(self.settings, self.topics, self.messages)
+        return internal_topics(self.settings, self.topics, self.messages, self.names)
 
     # ------------------------------------------------------------------ rebalance
 
@@ -139,8 +142,11 @@ class Pipeline:
     def rebuild(self) -> None:
         """Derive the funnel share, deadline and expiry indexes from the owned table partitions."""
         active = self._active_partitions()
-        n = self.derived.rebuild(list(self.messages.data.items()), self._owner_of(active), self.book)
-        log.info("funnelwatch: rebuilt derived state from %d owned messages (partitions %s)", n, sorted(active))
+        owned = self._owner_of(active)
+        n = self.derived.rebuild(list(self.messages.data.items()), owned, self.book)
+        names = self.derived.rebuild_names(list(self.names.data.items()), owned)
+        log.info("funnelwatch: rebuilt derived state from %d owned messages and %d campaign names (partitions %s)",
+                 n, names, sorted(active))
 
     def _owner_of(self, active: set[int]) -> Any:
         partition_of = self.partition_of

@@ -14,6 +14,7 @@ and the campaign rows of the funnel. Pure: no I/O, no clock.
 """
 from __future__ import annotations
 
+import struct
 from typing import Iterable, Mapping
 
 from .events import _esc, _unesc
@@ -93,6 +94,18 @@ class CampaignNames:
     def update(self, other: Mapping[tuple[str, str], NameEntry]) -> None:
         for (tenant, campaign), (ts, name) in other.items():
             self.note(tenant, campaign, ts, name)
+
+
+_NAME_TS = struct.Struct("<q")
+
+
+def pack_name(ts_us: int, name: str) -> bytes:
+    """A names-table value: the naming event's timestamp, then the name (UTF-8)."""
+    return _NAME_TS.pack(ts_us) + name.encode("utf-8", "surrogatepass")
+
+
+def unpack_name(raw: bytes) -> NameEntry:
+    return _NAME_TS.unpack_from(raw, 0)[0], raw[_NAME_TS.size:].decode("utf-8", "surrogatepass")
 
 
 def names_key(tenant: str, campaign: str) -> str:

@@ -107,3 +107,54 @@ def test_each_message_is_read_and_written_in_its_own_partition() -> None:
         st = MessageState.from_bytes(table.parts[part(k)][k.encode()])
         assert [code for _, code in st.events] == [out, sent]
     assert derived.inflight == len(keys)
+
+
+def test_campaign_bundles_carry_campaigns_and_names_into_their_partitions() -> None:
+    """SPEC §11: each event's campaign goes into its message's state and funnel row; a bundle's
+    names are written in the bundle's partition, and only when they win over the known name.
+    Bundles written before SPEC §11 (OP_BUNDLE, no campaigns) are still read."""
+    from agents.app import OP_BUNDLE_CAMPAIGNS
+    from streams.campaigns import names_key, unpack_name
+
+    part = Partitioner(N_PARTS)
+    table, names_table = PartitionedTable(), PartitionedTable()
+    metrics = Metrics(CollectorRegistry(), 50)
+    cfg = StepConfig(window_us=3600 * 10**6, retention_us=7 * 86400 * 10**6, slas=SlaTable())
+    share = FunnelShare()
+    derived = DerivedState(cfg, metrics, share, FunnelCollector(share, lambda t: t), part)
+    lc = Lifecycle(table, cfg, derived, AlertBook(metrics, SlaTable()), AlertSender(None, metrics), Commit(),
+                   metrics, 1000, 0.05, clock=lambda: T0, names_table=names_table)
+    out = AS_LIFECYCLE["outbound-sms"].code
+    sent = AS_LIFECYCLE["message-sent"].code
+    k1, k2, k3 = (message_key("activity_sync", "acme", m) for m in ("c1", "c2", "c3"))
+    nk = names_key("acme", "flow:a")
+
+    def ev(p: int, offset: int, names: list, entries: list, op: int = OP_BUNDLE_CAMPAIGNS) -> Any:
+        msg = SimpleNamespace(partition=p, offset=offset, tp=("events", p))
+        body = [op, names, *entries] if op == OP_BUNDLE_CAMPAIGNS else [op, *entries]
+        return Event(None, orjson.dumps(body), msg)
+
+    def run(batch: list) -> None:
+        async def go() -> None:
+            use_partition_of(batch[-1])
+            await lc.process(batch)
+        asyncio.run(go())
+
+    np_ = part(nk)
+    run([ev(part(k1), 1, [], [[k1, out, T0 + 5, "flow:b", sent, T0 + 9, None]]),
+         ev(part(k2), 2, [], [[k2, out, T0, "flow:a"]]),
+         ev(part(k3), 3, [], [[k3, out, T0]], op=OP_BUNDLE),
+         ev(np_, 4, [[nk, T0 + 7, "Flow A"], [nk, T0 + 3, "older"]], [])])
+    run([ev(part(k1), 5, [], [[k1, sent, T0 + 1, "flow:a"]]),  # late and earlier: c1 moves to flow:a
+         ev(np_, 6, [[nk, T0 + 2, "stale"]], [])])  # loses to the known name: not written
+    assert MessageState.from_bytes(table.parts[part(k1)][k1.encode()]).campaign == "flow:a"
+    assert MessageState.from_bytes(table.parts[part(k3)][k3.encode()]).campaign is None
+    rows = share.campaigns()
+    assert {k[3]: v[0] for k, v in rows.items()} == {"flow:a": 2, None: 1}
+    assert unpack_name(names_table.parts[np_][nk.encode()]) == (T0 + 7, "Flow A")
+    assert [(op, k) for op, k, _ in names_table.seen if op == "set"] == [("set", nk.encode())]
+    assert all(p == np_ for _, _, p in names_table.seen)
+    assert derived.names.name("acme", "flow:a") == "Flow A"
+    derived.names = type(derived.names)()
+    assert derived.rebuild_names(names_table.parts[np_].items(), lambda k: part(k) == np_) == 1
+    assert derived.names.name("acme", "flow:a") == "Flow A"

@@ -9,6 +9,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from streams.report import campaign_report_rows
+
 from ..funnel import rows_json
 from ..metrics import render
 from ..windows import parse_filters
@@ -40,6 +42,11 @@ class Views:
         if not self.deps.ready():
             return error(web, 503, NOT_READY)
         windows = self.deps.windows
+        by = q.get("by") or "window"
+        if by not in ("window", "campaign"):
+            return error(web, 400, "query parameter 'by' must be 'window' or 'campaign'")
+        if by == "campaign":
+            return await self._funnel_by_campaign(web, q)
         if q.get("local") == "1":
             return json_response(web, {"windows": rows_json(windows.local(q)), "partial": True})
         try:
@@ -47,6 +54,20 @@ class Views:
         except Exception as exc:  # noqa: BLE001
             return error(web, 503, f"funnel incomplete: {exc}")
         return json_response(web, {"windows": rows_json(rows)})
+
+    async def _funnel_by_campaign(self, web: Any, q: dict) -> Any:
+        """SPEC §11 ``{"campaigns": rows}``; ``local=1``: this worker's rows and the names it holds."""
+        windows = self.deps.windows
+        if q.get("local") == "1":
+            rows, names = windows.local_campaigns(q)
+            return json_response(web, {
+                "campaigns": campaign_report_rows(rows, names), "partial": True,
+                "names": [[t, c, ts, name] for (t, c), (ts, name) in sorted(names.names.items())]})
+        try:
+            rows_out = await windows.gather_campaigns(q)
+        except Exception as exc:  # noqa: BLE001
+            return error(web, 503, f"funnel incomplete: {exc}")
+        return json_response(web, {"campaigns": rows_out})
 
     async def view_alerts(self, web: Any, request: Any) -> Any:
         """Currently stuck messages across all workers, newest first, filtered and paginated."""
