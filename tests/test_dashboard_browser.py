@@ -1,6 +1,10 @@
 """The dashboard (``GET /``) in headless Chromium, driven by Playwright, against a live worker
 fed the golden scenario: no console errors, the scenario's funnel numbers per channel, the
-period and tenant selectors, the stuck alert, dead letters, and the message search.
+period and tenant selectors, the stuck alert, dead letters, and the message search; fed the
+campaign scenario (SPEC §11): the campaign table equals ``campaigns.expected.json``, sorts, and
+filters the page by a click; the trend chart has one point per window and channel; the
+latency panel shows ``histogram_quantile`` of the scraped histogram. Screenshots are kept in
+``.test-artifacts/`` (``FUNNELWATCH_TEST_ARTIFACTS`` to put them elsewhere).
 
 Needs Debian's ``chromium`` (``apt-get install -y --no-install-recommends chromium``); the
 Playwright-downloaded browsers are not used. Skipped when chromium or playwright is missing,
@@ -40,6 +44,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 INPUT_PARTITIONS = {"activity_sync": 3, "altcraft": 2}
 OUTPUT_PARTITIONS = {"dead_letters": 1, "alerts": 1, "funnel_windows": 1}
 TOKEN = "dash-" + secrets.token_hex(8)
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("FUNNELWATCH_TEST_ARTIFACTS") or REPO / ".test-artifacts")
+CAMPAIGNS = REPO.parent / "shared" / "scenarios" / "campaigns.jsonl"
+CAMPAIGNS_EXPECTED = REPO.parent / "shared" / "scenarios" / "campaigns.expected.json"
 STAGES = ("queued", "sent", "delivered", "opened", "clicked", "failed")
 
 
@@ -85,6 +93,172 @@ def _shown(page: Any) -> dict[str, dict[str, int]]:
         }
         return out;
     }""")
+
+
+def _trend_points(page: Any) -> dict[str, list[str]]:
+    return page.evaluate("""() => {
+        const out = {};
+        for (const c of document.querySelectorAll('#trend circle.point'))
+            (out[c.dataset.channel] = out[c.dataset.channel] || []).push(c.dataset.window);
+        return out;
+    }""")
+
+
+def _windows_by_channel(rows: list[dict[str, Any]], tenant: str | None = None) -> dict[str, list[str]]:
+    out: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        if tenant is None or r["tenant"] == tenant:
+            out[r["channel"]].add(r["window_start"])
+    return {ch: sorted(ws) for ch, ws in out.items()}
+
+
+def _campaign_table(page: Any) -> list[dict[str, Any]]:
+    return page.evaluate("""() => Array.from(document.querySelectorAll('#campaigns tbody tr.campaign')).map((tr) => ({
+        tenant: tr.dataset.tenant, campaign: tr.dataset.campaign || null, channel: tr.dataset.channel,
+        name: tr.querySelector('td.name').textContent, entered: Number(tr.dataset.entered),
+        delivered: Number(tr.dataset.delivered), opened: Number(tr.dataset.opened),
+        clicked: Number(tr.dataset.clicked), failed: Number(tr.dataset.failed),
+        rates: ['delivered', 'opened', 'clicked', 'failed'].map((f) => tr.querySelector('td.rate-' + f).textContent),
+    }))""")
+
+
+def _histogram_quantile(q: float, buckets: dict[float, float]) -> float:
+    """Prometheus' histogram_quantile, transcribed (linear within the bucket; +Inf: highest finite bound)."""
+    bounds = sorted(buckets)
+    rank = q * buckets[bounds[-1]]
+    prev_le = prev_n = 0.0
+    for le in bounds:
+        if buckets[le] >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_n) / (buckets[le] - prev_n) if buckets[le] > prev_n else le
+        prev_le, prev_n = le, buckets[le]
+    raise AssertionError("no bucket")
+
+
+def _scraped_latency(text: str) -> dict[tuple[str, str], tuple[float, float, int]]:
+    """(channel, "from→to") -> (p50, p95, count) from a /metrics scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    buckets: dict[tuple[str, str], dict[float, float]] = defaultdict(dict)
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "funnel_stage_latency_seconds":
+            for smp in fam.samples:
+                if smp.name.endswith("_bucket"):
+                    key = (smp.labels["channel"], smp.labels["from_stage"] + "→" + smp.labels["to_stage"])
+                    buckets[key][float(smp.labels["le"])] = smp.value
+    return {k: (_histogram_quantile(0.5, b), _histogram_quantile(0.95, b), int(b[float("inf")]))
+            for k, b in buckets.items() if b[float("inf")] > 0}
+
+
+def _rate(n: int, d: int) -> str:
+    return f"{100 * n / d:.1f}%" if d else "–"
+
+
+def test_dashboard_campaigns_trend_and_latency_in_headless_chromium(kafka_bootstrap: str, tmp_path: Path) -> None:
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    suffix = secrets.token_hex(4)
+    app_id = f"fwtest-dashc-{suffix}"
+    parts = {**INPUT_PARTITIONS, **OUTPUT_PARTITIONS}
+    topics = {role: f"fwdashc-{role.replace('_', '-')}-{suffix}" for role in parts}
+    asyncio.run(create_topics(kafka_bootstrap, {topics[r]: n for r, n in parts.items()}))
+    expected = expected_report(CAMPAIGNS_EXPECTED)
+    try:
+        with WorkerPool(tmp_path) as pool:
+            w = pool.start("w1", worker_env(app_id=app_id, bootstrap=kafka_bootstrap, topics=topics,
+                                            data_dir=tmp_path / "w1", extra={"FUNNELWATCH_WEB_TOKEN": TOKEN}))
+            wait_until(lambda: w.check_alive() or "Worker ready" in w.log_text(), 60, 0.3, "worker ready")
+            produce_scenario(kafka_bootstrap, topics, INPUT_PARTITIONS, CAMPAIGNS)
+            wait_until(lambda: _api(w.base_url, "/funnel?by=campaign") == (200, {"campaigns": expected["campaigns"]}),
+                       40, 0.5, "/funnel?by=campaign == campaigns.expected.json")
+            status, metrics_text = http_get(w.base_url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert status == 200
+            scraped = _scraped_latency(metrics_text.decode())
+            assert ("sms", "queued→sent") in scraped and ("email", "sent→delivered") in scraped
+
+            errors: list[str] = []
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                try:
+                    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                    page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}")
+                            if m.type in ("error", "warning") else None)
+                    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+                    page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+                    resp = page.goto(f"{w.base_url}/?token={TOKEN}", wait_until="load")
+                    assert resp is not None and resp.status == 200
+                    page.wait_for_selector("#status[data-loaded=ok]", timeout=15000)
+                    page.wait_for_selector("#campaigns tbody tr.campaign")
+
+                    # The campaign table's numbers are campaigns.expected.json's (one window here, so
+                    # the period's sum per campaign and channel is the expected row itself).
+                    assert len({r["window_start"] for r in expected["campaigns"]}) == 1
+                    shown = _campaign_table(page)
+                    key = lambda r: (r["tenant"], r["campaign"] or "", r["channel"])  # noqa: E731
+                    want = {key(r): r for r in expected["campaigns"]}
+                    assert sorted(map(key, shown)) == sorted(want)
+                    for row in shown:
+                        exp = want[key(row)]
+                        for f in ("entered", "delivered", "opened", "clicked", "failed"):
+                            assert row[f] == exp[f], (key(row), f)
+                        assert row["rates"] == [_rate(exp[f], exp["entered"]) for f in
+                                                ("delivered", "opened", "clicked", "failed")]
+                        assert row["name"] == (exp["campaign_name"] or ("(no name)" if exp["campaign"] else "(no campaign)"))
+                    assert page.inner_text("#campaigns-total") == str(len({(r["tenant"], r["campaign"])
+                                                                            for r in expected["campaigns"]}))
+                    # Sorted by entered (descending) by default; a click on a header sorts by it, again reverses.
+                    assert [r["entered"] for r in shown] == sorted((r["entered"] for r in shown), reverse=True)
+                    page.click('#campaigns th[data-sort="name"]')
+                    names = [r["name"].lower() for r in _campaign_table(page)]
+                    assert names == sorted(names)
+                    page.click('#campaigns th[data-sort="name"]')
+                    assert [r["name"].lower() for r in _campaign_table(page)] == sorted(names, reverse=True)
+                    page.click('#campaigns th[data-sort="delivered"]')
+                    rates = [r["delivered"] / r["entered"] for r in _campaign_table(page)]
+                    assert rates == sorted(rates, reverse=True)
+
+                    # The trend chart: one point per window and channel.
+                    assert _trend_points(page) == _windows_by_channel(expected["windows"])
+
+                    # Latency p50/p95 per channel: what histogram_quantile gives for the scraped buckets.
+                    lat = page.evaluate("""() => Array.from(document.querySelectorAll('#latency tbody tr[data-channel]'))
+                        .map((tr) => [tr.dataset.channel, tr.dataset.pair, Number(tr.dataset.p50), Number(tr.dataset.p95)])""")
+                    assert {(c, pr) for c, pr, _, _ in lat} == set(scraped)
+                    for c, pr, p50, p95 in lat:
+                        assert abs(p50 - scraped[(c, pr)][0]) < 1e-9 and abs(p95 - scraped[(c, pr)][1]) < 1e-9
+
+                    # A click on a campaign shows only it: the funnel cards are its rows.
+                    page.click('#campaigns tbody tr.campaign[data-campaign="altcraft:501"]')
+                    page.wait_for_selector("#campaign-filter:not([hidden])")
+                    page.wait_for_function("() => document.querySelectorAll('#funnel .card').length === 1")
+                    row = want[("23", "altcraft:501", "email")]
+                    assert _shown(page) == {"email": {f: row[f] for f in ("entered", *STAGES)}}
+                    assert "Black Friday (resend)" in page.inner_text("#campaign-filter")
+                    assert page.input_value("#tenant") == "23"
+                    assert _trend_points(page) == {"email": [row["window_start"]]}
+                    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                    page.screenshot(path=str(ARTIFACTS / "dashboard-campaign-filter.png"), full_page=True)
+                    page.click("#campaign-clear")
+                    page.wait_for_selector("#campaign-filter[hidden]", state="attached")
+                    page.wait_for_function("() => document.querySelectorAll('#funnel .card').length === 2")
+                    assert _shown(page) == _by_channel(expected["windows"], "23")
+
+                    page.select_option("#tenant", "")
+                    page.wait_for_function("() => document.querySelectorAll('#funnel .card').length === 3")
+                    shot = ARTIFACTS / "dashboard-campaigns.png"
+                    page.screenshot(path=str(shot), full_page=True)
+                    assert shot.stat().st_size > 10_000
+                finally:
+                    browser.close()
+            assert errors == []
+    finally:
+        try:
+            asyncio.run(delete_topics(kafka_bootstrap, list(topics.values())))
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+        delete_app_topics(kafka_bootstrap, app_id)
 
 
 def test_dashboard_in_headless_chromium(kafka_bootstrap: str, tmp_path: Path) -> None:
@@ -181,7 +355,11 @@ def test_dashboard_in_headless_chromium(kafka_bootstrap: str, tmp_path: Path) ->
                     page.wait_for_selector('#message-found[data-message-id="m3"]', timeout=10000)
                     assert "STUCK NOW" in page.inner_text("#message-found")
 
-                    shot = tmp_path / "dashboard.png"
+                    # The trend chart: one point per window and channel.
+                    assert _trend_points(page) == _windows_by_channel(expected["windows"])
+
+                    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                    shot = ARTIFACTS / "dashboard.png"
                     page.screenshot(path=str(shot), full_page=True)
                     assert shot.stat().st_size > 10_000
                 finally:

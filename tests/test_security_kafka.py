@@ -610,7 +610,8 @@ def test_pii_canaries_never_leave_the_worker(rig: Rig, log_format: str) -> None:
                                                          for k, v in r.headers))
     assert len(c.leaks(b"\n".join(r.value or b"" for r in dlq))) > 100, "positive control: audit copies hold canaries"
     views = ["/", "/funnel", "/funnel?local=1", "/alerts", "/alerts?local=1", "/alerts?limit=1000", "/metrics",
-             "/stats", "/stats?local=1", "/health/live", "/health/ready"]
+             "/stats", "/stats?local=1", "/health/live", "/health/ready", "/funnel?by=campaign",
+             "/funnel?by=campaign&local=1", "/latency", "/latency?local=1"]
     mids = {("activity_sync", "pii-tenant", m) for m in ("pii-sms-1", "pii-email-1", "pii-stuck-q", "pii-stuck-s",
                                                           "pii-unknown-ch")}
     mids |= {("altcraft", "4242", f"pii-ac-{et}") for et in AC_LIFECYCLE} | {("altcraft", "4242", "pii-ac-flow")}
@@ -753,6 +754,7 @@ def test_web_binds_loopback_by_default_and_token_guards_every_view(rig: Rig) -> 
     produce_sync(rig.bootstrap, rig.topics["altcraft"], [(None, dumps(_ac("send", "web-1", iso(datetime.now(
         timezone.utc)), account=31)), None)])
     guarded = ["/", "/funnel", "/funnel?local=1", "/alerts", "/alerts?local=1", "/metrics", "/stats",
+               "/funnel?by=campaign", "/funnel?by=campaign&local=1", "/latency", "/latency?local=1",
                "/stats?local=1", "/messages?source=altcraft&tenant=31&id=web-1", "/messages/altcraft/31/web-1",
                "/messages/altcraft/31/nope"]
     denied: dict[str, list[int]] = {}

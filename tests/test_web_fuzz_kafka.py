@@ -116,11 +116,12 @@ hostile_part = st.one_of(
     st.integers(min_value=100, max_value=100_000).map(lambda n: "x" * n),  # very long
 )
 BASES = ["/", "/funnel", "/alerts", "/messages", "/stats", "/metrics", "/health/live", "/health/ready",
-         "/ingest/altcraft"]
+         "/ingest/altcraft", "/latency"]
 QKEYS = ["limit", "offset", "from", "to", "tenant", "channel", "stage", "local", "token", "source", "id",
-         "message_id"]
+         "message_id", "by", "campaign"]
 QVALS = ["99999999999999999999", "-1", "0", "1", "1000", "1001", "1e9", "2024-08-27T13:00:00Z",
-         "9999-12-31T23:59:59Z", "0000-01-01T00:00:00Z", "", "sms", "queued", "activity_sync", "1"]
+         "9999-12-31T23:59:59Z", "0000-01-01T00:00:00Z", "", "sms", "queued", "activity_sync", "1", "campaign",
+         "window", "null", "altcraft:1"]
 HOOK = b'{"event_type": "deliv", "event_date": "2024-08-27T13:00:00Z", "account_id": 7, "event_data": {}}'
 auth = st.sampled_from(["web", "web", "web", "none", "wrong", "ingest", "ingest", "ingest-bearer", "query"])
 body = st.one_of(

@@ -343,7 +343,8 @@ def test_ingress_produces_acknowledged_hooks_and_rejects_bad_requests(pair) -> N
 def test_web_token_guards_every_view_but_health(pair) -> None:
     base = pair.w1.base_url
     guarded = ["/", "/funnel", "/alerts", "/metrics", "/stats", _msg_path("activity_sync", "foo", "m1"),
-               "/messages/activity_sync/foo/m1", "/funnel?local=1", "/alerts?local=1", "/stats?local=1"]
+               "/messages/activity_sync/foo/m1", "/funnel?local=1", "/alerts?local=1", "/stats?local=1",
+               "/funnel?by=campaign", "/funnel?by=campaign&local=1", "/latency", "/latency?local=1"]
     for path in guarded:
         status, body = _get(base + path)
         assert status == 401 and isinstance(body, dict) and body.get("error"), (path, status, body)

@@ -4,6 +4,8 @@
 ``GET /``                                              dashboard (one HTML page, no external
                                                        resources; ``agents/static/``)
 ``GET /funnel?tenant=&channel=&from=&to=``             SPEC §9 rows, complete across workers
+``GET /funnel?by=campaign&...&campaign=``              SPEC §11 campaign rows, across workers
+``GET /latency``                                       stage latency p50/p95 per channel
 ``GET /alerts?tenant=&channel=&stage=&limit=&offset=`` open stuck alerts across workers
 ``GET /messages/{source}/{tenant}/{message_id}``       one message's lifecycle (JSON), answered
 ``GET /messages?source=&tenant=&id=``                  by the worker owning its table partition
@@ -24,6 +26,7 @@ from .deps import WebDeps
 from .guard import Handler, guard
 from .health import Health
 from .ingress import Ingress
+from .latency import LatencyView
 from .messages import MessageViews
 from .views import Views
 
@@ -37,6 +40,7 @@ def register(deps: WebDeps) -> Health:
     page = _Pages(deps)
     page("/", views.view_dashboard)
     page("/funnel", views.view_funnel)
+    page("/latency", LatencyView(deps).view_latency)
     page("/alerts", views.view_alerts)
     page("/stats", views.view_stats)
     page("/metrics", views.view_metrics)
