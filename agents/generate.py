@@ -25,6 +25,16 @@ _WORKFLOW = {
     "flowContext": {"flowId": "b07a5e44-04e3-4698-a799-04c558b77147", "flowName": "My first flow", "flowVersion": 2},
     "nodeContext": {"nodeId": "node-e72ur", "nodeName": "", "outputName": "conversation_2"},
 }
+_CAMPAIGN_NAMES = ("Welcome", "Newsletter", "Black Friday", "Cart reminder", "Win-back", "Password reset",
+                   "Order shipped", "Survey")
+
+
+def _workflow(k: int) -> dict:
+    """The workflow context of flow ``k`` (SPEC §11: a UUID flow id and its name)."""
+    wf = dict(_WORKFLOW)
+    wf["flowContext"] = {"flowId": f"f10a{k:04x}-04e3-4698-a799-04c558b77147",
+                         "flowName": f"{_CAMPAIGN_NAMES[k % len(_CAMPAIGN_NAMES)]} flow {k}", "flowVersion": 2}
+    return wf
 
 
 @dataclass
@@ -43,10 +53,11 @@ class Mix:
     altcraft_share: float = 0.4
     span_s: float = 1800.0
     seed: int = 1
+    campaigns: int = 8  # flows / campaigns per source (SPEC §11); 0: the vendors' sample ones only
 
 
-def _as(kind: str, tenant: str, ts: int, data: dict, pii: list[str] | None) -> dict:
-    rec = {"version": "1.0", "timestamp": format_ts_us(ts), "tenantId": tenant, "workflowContext": _WORKFLOW,
+def _as(kind: str, tenant: str, ts: int, data: dict, pii: list[str] | None, workflow: dict = _WORKFLOW) -> dict:
+    rec = {"version": "1.0", "timestamp": format_ts_us(ts), "tenantId": tenant, "workflowContext": workflow,
            "customContext": {}, "kind": kind, "data": data}
     if pii is not None:
         rec["pii"] = pii
@@ -55,8 +66,9 @@ def _as(kind: str, tenant: str, ts: int, data: dict, pii: list[str] | None) -> d
     return rec
 
 
-def _ac(event_type: str, account: int, ts: int, mid: str, rnd: random.Random, extra: dict | None = None) -> dict:
-    ed = {"message_id": 17, "campaign_id": 973, "segment_id": 0, "launch_id": "00000017000003cd5a9bf01a",
+def _ac(event_type: str, account: int, ts: int, mid: str, rnd: random.Random, extra: dict | None = None,
+        campaign_id: int = 973) -> dict:
+    ed = {"message_id": 17, "campaign_id": campaign_id, "segment_id": 0, "launch_id": "00000017000003cd5a9bf01a",
           "send_message_id": mid}
     if extra:
         ed.update(extra)
@@ -69,8 +81,12 @@ def _ac(event_type: str, account: int, ts: int, mid: str, rnd: random.Random, ex
 def generate(mix: Mix, now_us: int) -> Iterator[bytes]:
     """Yield raw records (bytes), roughly in time order with some out-of-order ones."""
     rnd = random.Random(mix.seed)
+    crnd = random.Random(mix.seed * 7919 + 1)  # campaigns: a stream of their own (the rest is as before them)
+    workflows = [_workflow(k) for k in range(mix.campaigns)] or [_WORKFLOW]
     out: list[tuple[int, bytes]] = []
+    launched: set[tuple[int, int]] = set()
     for i in range(mix.messages):
+        campaign = crnd.randrange(mix.campaigns) if mix.campaigns else None
         source = "altcraft" if rnd.random() < mix.altcraft_share else "activity_sync"
         t0 = now_us - int(rnd.random() * mix.span_s * US_PER_S)
         stuck = rnd.random() < mix.p_stuck
@@ -78,18 +94,19 @@ def generate(mix: Mix, now_us: int) -> Iterator[bytes]:
         if source == "activity_sync":
             tenant = f"tenant-{rnd.randrange(mix.tenants)}"
             mid = f"as-{mix.seed}-{i}"
+            wf = workflows[campaign or 0]
             channel = "sms" if rnd.random() < 0.5 else "email"
             if channel == "sms":
                 evs.append((t0, _as("outbound-sms", tenant, t0, {
                     "usage": [{"uom": "sms-segments-au", "qty": 1}], "recipient": f"+614{rnd.randrange(10**8):08d}",
-                    "body": "Thanks for signing up, John.", "messageId": mid}, ["body", "recipient"])))
+                    "body": "Thanks for signing up, John.", "messageId": mid}, ["body", "recipient"], wf)))
             else:
                 evs.append((t0, _as("outbound-email", tenant, t0, {
                     "messageId": mid, "usage": [{"uom": "email-recipients", "qty": 1}],
                     "from": "company@appleseed.com", "replyTo": "company@appleseed.com",
                     "to": f"person{rnd.randrange(10**6)}@appleseed.com", "cc": [], "bcc": [],
                     "subject": "Thanks for registering with us.", "body": "Hello world!",
-                    "plainTextBody": "Hello world!", "attachments": [{"filename": "welcomepack.pdf"}]}, None)))
+                    "plainTextBody": "Hello world!", "attachments": [{"filename": "welcomepack.pdf"}]}, None, wf)))
             t = t0
             steps = [("message-sent", "smtp: 225 Queued for delivery")]
             if stuck:
@@ -104,10 +121,21 @@ def generate(mix: Mix, now_us: int) -> Iterator[bytes]:
                     steps.append(("message-link-clicked", ""))
             for kind, detail in steps:
                 t += int(rnd.uniform(1, 60) * US_PER_S)
-                evs.append((t, _as(kind, tenant, t, {"messageId": mid, "detail": detail}, ["detail"])))
+                evs.append((t, _as(kind, tenant, t, {"messageId": mid, "detail": detail}, ["detail"], wf)))
         else:
             account = 20 + rnd.randrange(mix.tenants)
             mid = f"{rnd.getrandbits(40):010x}_{i}.{mix.seed}"
+            campaign_id = 973 if campaign is None else 1000 + campaign
+            if campaign is not None and (account, campaign_id) not in launched:  # names it (SPEC §11)
+                launched.add((account, campaign_id))
+                launch_ts = t0 - int(crnd.uniform(60, 600) * US_PER_S)
+                out.append((launch_ts, orjson.dumps({
+                    "event_type": "campaign_launch", "event_date": format_ts_us(launch_ts), "account_id": account,
+                    "is_test": False, "event_data": {
+                        "campaign_id": campaign_id, "campaign_type": "broadcast", "campaign_sub_id": "x11",
+                        "campaign_name": f"{_CAMPAIGN_NAMES[campaign % len(_CAMPAIGN_NAMES)]} {campaign_id}",
+                        "data_type": "segment", "data_id": 1221, "launch_id": "000000a1000005c0584a834c",
+                        "content": []}})))
             ch = rnd.choice(["", "_sms", "_push", "telegram"])
             names = {"": ("send", "deliv", "undeliv", "open", "click"),
                      "_sms": ("send_sms", "deliv_sms", "undeliv_sms", None, "click_sms"),
@@ -127,7 +155,7 @@ def generate(mix: Mix, now_us: int) -> Iterator[bytes]:
                         seq.append(names[4])
             for n in seq:
                 extra = {"ip": "10.9.0.14", "city": "Moscow"} if n.startswith(("open", "click")) else None
-                evs.append((t, _ac(n, account, t, mid, rnd, extra)))
+                evs.append((t, _ac(n, account, t, mid, rnd, extra, campaign_id)))
                 t += int(rnd.uniform(1, 60) * US_PER_S)
         if rnd.random() < mix.p_duplicate:
             evs.append(evs[-1])
