@@ -276,10 +276,12 @@ class Rig:
         names = [self.topics[r] for r in INPUT_PARTITIONS] + [self.lifecycle_topic]
         return group_lag(self.bootstrap, self.app_id, names)
 
-    def wait_converged(self, workers: list[Worker], windows: list[dict], timeout_s: float) -> float:
-        """Until every worker's ``/funnel`` equals ``windows``; then the group's *committed*
-        offsets must reach the end of every input and internal partition within a few commit
-        intervals. Returns the seconds waited for the funnel."""
+    def wait_converged(self, workers: list[Worker], windows: list[dict], timeout_s: float,
+                       campaigns: list[dict] | None = None) -> float:
+        """Until every worker's ``/funnel`` equals ``windows`` (and ``/funnel?by=campaign`` equals
+        ``campaigns``, SPEC §11, when given); then the group's *committed* offsets must reach the
+        end of every input and internal partition within a few commit intervals. Returns the
+        seconds waited for the funnel."""
         t0 = time.monotonic()
         last: dict[str, Any] = {}
 
@@ -298,6 +300,13 @@ class Rig:
                 else:
                     last.pop(w.name, None)
                     last.pop(w.name + " processed lag", None)
+                if good and campaigns is not None:
+                    st, body = w.get_json("/funnel?by=campaign", timeout_s=10)
+                    if st != 200 or body.get("campaigns") != campaigns:
+                        good = False
+                        last[w.name + " campaigns"] = (st, body if st != 200 else len(body.get("campaigns", [])))
+                    else:
+                        last.pop(w.name + " campaigns", None)
             return good
 
         try:
@@ -499,7 +508,7 @@ def test_sigkill_mid_stream_three_times_funnel_equals_replay_and_alerts_exact(ri
         records_on_topics = rig.input_records({r: sum(role_of(x) == r for x in records) for r in INPUT_PARTITIONS})
         report = rig.replay(records_on_topics)
         assert report["input"]["lines"] == len(records_on_topics) >= len(records) >= 50_000
-        converge_s = rig.wait_converged([w], report["windows"], 150)
+        converge_s = rig.wait_converged([w], report["windows"], 150, campaigns=report["campaigns"])
         poller.last[w.name] = metrics_of(w)
         processed = {name: processed_count(s) for name, s in poller.last.items()}
         redelivered = sum(processed.values()) - len(records_on_topics)
@@ -683,7 +692,7 @@ def test_rebalance_storm_funnel_equals_replay_and_one_owner_per_key(rig_factory)
     report = rig.replay(on_topics)
     assert report["input"]["lines"] == len(on_topics) >= len(records)
     survivors = [w1, w4]
-    converge_s = rig.wait_converged(survivors, report["windows"], 120)
+    converge_s = rig.wait_converged(survivors, report["windows"], 120, campaigns=report["campaigns"])
     own = check_ownership(survivors, report["windows"], on_topics, sample=150, seed=5)
     alerts = check_alerts(rig, on_topics, workers=survivors)
     for w in survivors:
@@ -732,7 +741,7 @@ def test_broker_restart_mid_stream_workers_recover_without_restart(rig_factory, 
     on_topics = rig.input_records({r: sum(role_of(x) == r for x in records) for r in INPUT_PARTITIONS})
     report = rig.replay(on_topics)
     assert report["input"]["lines"] == len(on_topics) >= len(records)
-    converge_s = rig.wait_converged(ws, report["windows"], 150)
+    converge_s = rig.wait_converged(ws, report["windows"], 150, campaigns=report["campaigns"])
     alerts = check_alerts(rig, on_topics, workers=ws)
     for w, pid in zip(ws, pids):
         assert w.alive() and w.pid == pid, f"{w.name} was restarted or died"
@@ -764,7 +773,7 @@ def test_wiped_local_state_recovers_from_changelog_and_expiry_still_works(rig_fa
     on_topics = rig.input_records({r: sum(role_of(x) == r for x in records) for r in INPUT_PARTITIONS})
     report = rig.replay(on_topics)
     messages = sum(r["entered"] for r in report["windows"])
-    rig.wait_converged([w1], report["windows"], 90)
+    rig.wait_converged([w1], report["windows"], 90, campaigns=report["campaigns"])
     before = check_alerts(rig, on_topics, workers=[w1])
     assert msum(metrics_of(w1), "funnel_inflight_messages") == messages
     assert w1.stop(30) == 0 or not w1.alive()
@@ -778,7 +787,7 @@ def test_wiped_local_state_recovers_from_changelog_and_expiry_still_works(rig_fa
     w2 = rig.pool.start("w2", env)
     w2.wait_ready(90)
     ready_s = time.monotonic() - t0
-    converge_s = rig.wait_converged([w2], report["windows"], 60)
+    converge_s = rig.wait_converged([w2], report["windows"], 60, campaigns=report["campaigns"])
     assert msum(metrics_of(w2), "funnel_inflight_messages") == messages
     after = check_alerts(rig, on_topics, timeout_s=20, workers=[w2])
     assert after["stuck_alerts"] == before["stuck_alerts"], (before, after)
