@@ -1,31 +1,38 @@
 """State derived from the owned table partitions: funnel share, deadline and expiry indexes,
-campaign names.
+in-flight count and campaign names, kept **per partition**.
 
-None of it is persisted: it is updated from each message step's effects and rebuilt from
-the table after every rebalance or restart (:meth:`DerivedState.rebuild`), so it always
-equals what the owned messages add up to.
+None of it is persisted: it is updated from each message step's effects and, after a
+rebalance or restart, built from the table for the partitions newly owned only
+(:meth:`DerivedState.rebuild`): a revoked partition's part is dropped whole, a kept one is
+left as it is (nothing is processed between the revoke and the end of the rebalance, and
+every step's table write lands before its batch ends, so it still equals its table
+partition). So it always equals what the owned messages add up to.
 """
 from __future__ import annotations
 
 import logging
 from typing import Any, Callable, Iterable
 
-from streams.campaigns import CampaignNames, split_names_key, unpack_name
+from streams.campaigns import CampaignNames, names_key, split_names_key, unpack_name
 from streams.events import split_message_key
 from streams.lifecycle import MessageState, summarize
 from streams.step import Effects, StepConfig
-from streams.stuck import DeadlineIndex, PartitionedDeadlines, pending_deadline
+from streams.stuck import PartitionedDeadlines, pending_deadline
 
 from .alerts import AlertBook
-from .funnel import FunnelCollector, FunnelShare
+from .funnel import FunnelCollector, FunnelShares
 
 log = logging.getLogger("funnelwatch")
 
+#: ``(partition, key, value)`` of the stored entries of the given partitions.
+ItemsOf = Callable[[set[int]], Iterable[tuple[int, bytes, bytes]]]
+
 
 class DerivedState:
-    """This worker's funnel share, deadline index, expiry index and in-flight count."""
+    """This worker's funnel share, deadline index, expiry index, in-flight count and campaign
+    names, each per owned partition."""
 
-    def __init__(self, cfg: StepConfig, metrics: Any, share: FunnelShare, collector: FunnelCollector,
+    def __init__(self, cfg: StepConfig, metrics: Any, share: FunnelShares, collector: FunnelCollector,
                  partition_of: Callable[[str], int]) -> None:
         self.cfg = cfg
         self.partition_of = partition_of
@@ -33,14 +40,20 @@ class DerivedState:
         self.share = share
         self.collector = collector  # the funnel counters of /metrics, from ``share``
         self.deadlines = PartitionedDeadlines(partition_of)
-        self.expiry = DeadlineIndex()
-        self.inflight = 0
-        self.names = CampaignNames()  # of the owned names-table partitions (SPEC §11)
+        self.expiry = PartitionedDeadlines(partition_of)
+        self.owned: set[int] = set()  # partitions whose part is built
+        self._inflight: dict[int, int] = {}
+        self._names: dict[int, CampaignNames] = {}
+
+    @property
+    def inflight(self) -> int:
+        return sum(self._inflight.values())
 
     def apply(self, key: str, fx: Effects, now_us: int) -> None:
         """Carry out one message step's effects on the derived state."""
+        p = self.partition_of(key)
         if fx.delta:
-            self.share.apply(fx.source, fx.delta, now_us)
+            self.share.part(p).apply(fx.source, fx.delta, now_us)
         for channel, vec in fx.retired:
             self.collector.retire(fx.source, fx.tenant, channel, vec)
         if fx.schedule:
@@ -54,50 +67,79 @@ class DerivedState:
         elif fx.delete and fx.state is None:
             self.expiry.cancel(key)
         if fx.inflight_delta:
-            self.inflight += fx.inflight_delta
+            self._inflight[p] = self._inflight.get(p, 0) + fx.inflight_delta
             self.metrics.inflight_set(self.inflight)
 
-    def rebuild(self, items: Iterable[tuple[bytes, bytes]], owned: Callable[[str], bool], book: AlertBook) -> int:
-        """Derive everything from the stored messages ``owned`` says are this worker's; the
-        book's open rows follow (rows of messages no longer owned are dropped)."""
-        self.share.clear()
-        self.deadlines = PartitionedDeadlines(self.partition_of)
-        self.expiry = DeadlineIndex()
+    def pop_due_expiries(self, now_us: int, limit: int) -> list[tuple[str, str, int]]:
+        out: list[tuple[str, str, int]] = []
+        for p in self.expiry.partitions():
+            if len(out) >= limit:
+                break
+            out += self.expiry.pop_due(p, now_us, limit - len(out))
+        return out
+
+    # ------------------------------------------------------------------ campaign names
+    def name_of(self, tenant: str, campaign: str) -> tuple[int, str] | None:
+        names = self._names.get(self.partition_of(names_key(tenant, campaign)))
+        return names.names.get((tenant, campaign)) if names is not None else None
+
+    def note_name(self, tenant: str, campaign: str, ts_us: int, name: str) -> None:
+        p = self.partition_of(names_key(tenant, campaign))
+        names = self._names.get(p)
+        if names is None:
+            names = self._names[p] = CampaignNames()
+        names.note(tenant, campaign, ts_us, name)
+
+    @property
+    def names(self) -> CampaignNames:
+        """Every name of the owned partitions (a new object; names are disjoint by partition)."""
+        out = CampaignNames()
+        for names in self._names.values():
+            out.names.update(names.names)
+        return out
+
+    # ------------------------------------------------------------------ rebalance
+    def rebuild(self, active: set[int], messages_of: ItemsOf, names_of: ItemsOf, book: AlertBook) -> tuple[int, int]:
+        """Own exactly ``active``: drop the parts of partitions no longer owned, build the parts
+        of newly owned ones from their stored messages and names; kept parts stay as they are.
+        The book's open rows follow. Returns (messages scanned, partitions kept)."""
+        for p in self.owned - active:
+            self.share.drop(p)
+            self.deadlines.drop(p)
+            self.expiry.drop(p)
+            self._inflight.pop(p, None)
+            self._names.pop(p, None)
+        new = active - self.owned
+        kept_parts = active & self.owned
+        kept = len(kept_parts)
+        partition_of = self.partition_of
+        book.keep_open(lambda key: partition_of(key.decode()) in kept_parts)  # new partitions' rows: from the scan
         cfg = self.cfg
-        seen: set[bytes] = set()
         n = 0
-        for key, raw in items:
+        for p in new:
+            self.share.part(p)
+            self._inflight[p] = 0
+            self._names[p] = CampaignNames()
+        for p, key, raw in messages_of(new):
             if not raw:
                 continue
             k = key.decode()
-            if not owned(k):
-                continue
             st = MessageState.from_bytes(raw)
             source, tenant, _ = split_message_key(k)
             s = summarize(source, st.events, st.campaign)
-            self.share.add_summary(tenant, s, cfg.window_us, st.touched_us)
+            self.share.part(p).add_summary(tenant, s, cfg.window_us, st.touched_us)
             d = pending_deadline(s, tenant, st.alerted, cfg.slas)  # marks not yet written: their check writes them
             if d is not None:
                 self.deadlines.schedule(k, d.deadline_us, d.stage)
             self.expiry.schedule(k, st.touched_us + cfg.retention_us, "expire")
             book.set_open(key, book.open_from_state(key, st, s))
-            seen.add(key)
+            self._inflight[p] += 1
             n += 1
-        book.keep_open(seen.__contains__)
-        self.inflight = n
-        self.metrics.inflight_set(n)
-        return n
-
-    def rebuild_names(self, items: Iterable[tuple[bytes, bytes]], owned: Callable[[str], bool]) -> int:
-        """The campaign names of the owned names-table partitions."""
-        names = CampaignNames()
-        for key, raw in items:
-            if not raw:
-                continue
-            k = key.decode()
-            if owned(k):
-                tenant, campaign = split_names_key(k)
+        for p, key, raw in names_of(new):
+            if raw:
+                tenant, campaign = split_names_key(key.decode())
                 ts, name = unpack_name(raw)
-                names.note(tenant, campaign, ts, name)
-        self.names = names
-        return len(names.names)
+                self._names[p].note(tenant, campaign, ts, name)
+        self.owned = set(active)
+        self.metrics.inflight_set(self.inflight)
+        return n, kept

@@ -87,9 +87,11 @@ class FunnelShare:
         return self._select(tenant, channel, from_us, to_us, min_touched_us, campaign, True)  # type: ignore[return-value]
 
     def _select(self, tenant: str | None, channel: str | None, from_us: int | None, to_us: int | None,
-                min_touched_us: int | None, campaign: object, by_campaign: bool) -> dict[tuple, list[int]]:
-        out: dict[tuple, list[int]] = {}
-        touched = self.touched
+                min_touched_us: int | None, campaign: object, by_campaign: bool,
+                touched: dict[tuple[int, str, str], int] | None = None,
+                out: dict[tuple, list[int]] | None = None) -> dict[tuple, list[int]]:
+        out = {} if out is None else out
+        touched = self.touched if touched is None else touched
         for (w, _src, t, ch, c), vec in self.rows.items():
             if tenant is not None and t != tenant or channel is not None and ch != channel:
                 continue
@@ -107,6 +109,62 @@ class FunnelShare:
         out: dict[tuple[str, str, str], list[int]] = {}
         for (_w, src, t, ch, _c), vec in self.rows.items():
             _add_into(out, (src, t, ch), vec)
+        return out
+
+
+class FunnelShares:
+    """The funnel shares of the partitions this worker owns, one :class:`FunnelShare` each,
+    seen as one share. A revoked partition's share is dropped whole (O(1)); a kept one is
+    never rebuilt. Retention applies per row over all partitions (a row is kept when any
+    partition changed it within ``window_retention``)."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: dict[int, FunnelShare] = {}
+
+    def part(self, partition: int) -> FunnelShare:
+        share = self.parts.get(partition)
+        if share is None:
+            share = self.parts[partition] = FunnelShare()
+        return share
+
+    def drop(self, partition: int) -> None:
+        self.parts.pop(partition, None)
+
+    def _touched(self) -> dict[tuple[int, str, str], int] | None:
+        if len(self.parts) == 1:
+            return None
+        out: dict[tuple[int, str, str], int] = {}
+        for share in self.parts.values():
+            for k, t in share.touched.items():
+                if out.get(k, -1) < t:
+                    out[k] = t
+        return out
+
+    def _select(self, by_campaign: bool, tenant: str | None, channel: str | None, from_us: int | None,
+                to_us: int | None, min_touched_us: int | None, campaign: object) -> dict[tuple, list[int]]:
+        touched = self._touched() if min_touched_us is not None else None
+        out: dict[tuple, list[int]] = {}
+        for share in self.parts.values():
+            share._select(tenant, channel, from_us, to_us, min_touched_us, campaign, by_campaign,
+                          touched, out)
+        return out
+
+    def windows(self, *, tenant: str | None = None, channel: str | None = None, from_us: int | None = None,
+                to_us: int | None = None, min_touched_us: int | None = None) -> dict[tuple[int, str, str], list[int]]:
+        return self._select(False, tenant, channel, from_us, to_us, min_touched_us, _ANY)  # type: ignore[return-value]
+
+    def campaigns(self, *, tenant: str | None = None, channel: str | None = None, from_us: int | None = None,
+                  to_us: int | None = None, min_touched_us: int | None = None,
+                  campaign: object = _ANY) -> dict[tuple[int, str, str, str | None], list[int]]:
+        return self._select(True, tenant, channel, from_us, to_us, min_touched_us, campaign)  # type: ignore[return-value]
+
+    def totals_by_label(self) -> dict[tuple[str, str, str], list[int]]:
+        out: dict[tuple[str, str, str], list[int]] = {}
+        for share in self.parts.values():
+            for k, vec in share.totals_by_label().items():
+                _add_into(out, k, vec)
         return out
 
 

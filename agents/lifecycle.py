@@ -113,13 +113,13 @@ class Lifecycle:
     def _write_names(self, names: dict[str, tuple[int, str, Any]]) -> None:
         """Names that win over the known ones: to the names table (in the partition of their
         key, which is that of the bundle that brought them) and the derived names."""
-        known = self.derived.names
+        derived = self.derived
         for nk, (ts, name, event) in names.items():
             tenant, campaign = split_names_key(nk)
-            if name_wins(ts, name, known.names.get((tenant, campaign))):
+            if name_wins(ts, name, derived.name_of(tenant, campaign)):
                 faust_compat.use_partition_of(event)
                 self.names_table[nk.encode()] = pack_name(ts, name)
-                known.note(tenant, campaign, ts, name)
+                derived.note_name(tenant, campaign, ts, name)
 
     async def _step(self, key: bytes, ops: list) -> Effects:
         book = self.book

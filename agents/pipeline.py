@@ -20,6 +20,7 @@ Faults for tests are injected by passing other component classes (``ingest_cls``
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -34,7 +35,7 @@ from .app import Partitioner, build_app, campaign_names_table, internal_topics
 from .clock import now_us
 from .commit import CommitPoint
 from .derived import DerivedState
-from .funnel import FunnelCollector, FunnelShare
+from .funnel import FunnelCollector, FunnelShares
 from .ingest import Ingest
 from .lifecycle import Lifecycle
 from .metrics import Metrics
@@ -61,7 +62,7 @@ class Pipeline:
         self.slas = SlaTable(s.sla_s, s.tenant_sla_s)
         self.step_config = StepConfig(window_us=s.window_s * US_PER_S,
                                       retention_us=s.message_retention_s * US_PER_S, slas=self.slas)
-        share = FunnelShare()
+        share = FunnelShares()
         collector = FunnelCollector(share, self._tenant_label)
         self.metrics = Metrics(self.registry, s.max_tenants_label, funnel_collector=collector)
         self.derived = DerivedState(self.step_config, self.metrics, share, collector, self.partition_of)
@@ -140,13 +141,25 @@ class Pipeline:
         self.commit.accepting = True
 
     def rebuild(self) -> None:
-        """Derive the funnel share, deadline and expiry indexes from the owned table partitions."""
+        """Derive the funnel share, deadline and expiry indexes and names of the newly owned
+        table partitions; drop those of partitions no longer owned; keep the others."""
         active = self._active_partitions()
-        owned = self._owner_of(active)
-        n = self.derived.rebuild(list(self.messages.data.items()), owned, self.book)
-        names = self.derived.rebuild_names(list(self.names.data.items()), owned)
-        log.info("funnelwatch: rebuilt derived state from %d owned messages and %d campaign names (partitions %s)",
-                 n, names, sorted(active))
+        t0 = time.monotonic()
+        n, kept = self.derived.rebuild(active, self._items_of(self.messages), self._items_of(self.names), self.book)
+        log.info("funnelwatch: rebuilt derived state from %d owned messages in %.2fs (%d partitions kept as they "
+                 "were) (partitions %s)", n, time.monotonic() - t0, kept, sorted(active))
+
+    def _items_of(self, table: Any) -> Any:
+        partition_of = self.partition_of
+
+        def items_of(partitions: set[int]) -> Any:
+            if not partitions:
+                return
+            for key, value in table.data.items():
+                p = partition_of(key.decode())
+                if p in partitions:
+                    yield p, key, value
+        return items_of
 
     def _owner_of(self, active: set[int]) -> Any:
         partition_of = self.partition_of

@@ -66,7 +66,7 @@ class Timers:
             for k, stage, _d in [*deadlines.release(part), *deadlines.pop_due(part, now)]:
                 self.book.unsuppress(k.encode(), stage)
                 await self._send_control(k, [OP_CHECK, STAGE_RANK[stage]])
-        for k, _stage, _d in self.derived.expiry.pop_due(now, limit=EXPIRE_PER_TICK):
+        for k, _stage, _d in self.derived.pop_due_expiries(now, EXPIRE_PER_TICK):
             await self._send_control(k, [OP_EXPIRE])
 
     async def _send_control(self, key: str, op: list) -> None:

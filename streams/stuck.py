@@ -258,10 +258,15 @@ class PartitionedDeadlines:
         nxt = heap.next_deadline_us()
         return nxt is not None and nxt < now_us
 
-    def pop_due(self, partition: int, now_us: int) -> list[tuple[str, str, int]]:
+    def pop_due(self, partition: int, now_us: int, limit: int | None = None) -> list[tuple[str, str, int]]:
         """Remove and return the due deadlines of ``partition`` (as :meth:`DeadlineIndex.pop_due`)."""
         heap = self._heaps.get(partition)
-        return heap.pop_due(now_us) if heap is not None else []
+        return heap.pop_due(now_us, limit) if heap is not None else []
+
+    def drop(self, partition: int) -> None:
+        """Forget ``partition`` (revoked): O(1), whatever it holds."""
+        self._heaps.pop(partition, None)
+        self._held.pop(partition, None)
 
     def hold_due(self, partition: int, now_us: int) -> list[tuple[str, str, int]]:
         """Move the newly due deadlines of a gated ``partition`` to its held set; returns them."""

@@ -16,7 +16,7 @@ from agents.alerts import AlertBook, AlertSender
 from agents.faust_compat import use_partition_of
 from agents.app import OP_BUNDLE, Partitioner
 from agents.derived import DerivedState
-from agents.funnel import FunnelCollector, FunnelShare
+from agents.funnel import FunnelCollector, FunnelShares
 from agents.lifecycle import Lifecycle
 from agents.metrics import Metrics
 from streams.events import message_key
@@ -85,7 +85,7 @@ def test_each_message_is_read_and_written_in_its_own_partition() -> None:
     table = PartitionedTable()
     metrics = Metrics(CollectorRegistry(), 50)
     cfg = StepConfig(window_us=3600 * 10**6, retention_us=7 * 86400 * 10**6, slas=SlaTable())
-    share = FunnelShare()
+    share = FunnelShares()
     derived = DerivedState(cfg, metrics, share, FunnelCollector(share, lambda t: t), part)
     book = AlertBook(metrics, SlaTable())
     lc = Lifecycle(table, cfg, derived, book, AlertSender(None, metrics), Commit(), metrics, 1000, 0.05,
@@ -120,7 +120,7 @@ def test_campaign_bundles_carry_campaigns_and_names_into_their_partitions() -> N
     table, names_table = PartitionedTable(), PartitionedTable()
     metrics = Metrics(CollectorRegistry(), 50)
     cfg = StepConfig(window_us=3600 * 10**6, retention_us=7 * 86400 * 10**6, slas=SlaTable())
-    share = FunnelShare()
+    share = FunnelShares()
     derived = DerivedState(cfg, metrics, share, FunnelCollector(share, lambda t: t), part)
     lc = Lifecycle(table, cfg, derived, AlertBook(metrics, SlaTable()), AlertSender(None, metrics), Commit(),
                    metrics, 1000, 0.05, clock=lambda: T0, names_table=names_table)
@@ -155,6 +155,12 @@ def test_campaign_bundles_carry_campaigns_and_names_into_their_partitions() -> N
     assert [(op, k) for op, k, _ in names_table.seen if op == "set"] == [("set", nk.encode())]
     assert all(p == np_ for _, _, p in names_table.seen)
     assert derived.names.name("acme", "flow:a") == "Flow A"
-    derived.names = type(derived.names)()
-    assert derived.rebuild_names(names_table.parts[np_].items(), lambda k: part(k) == np_) == 1
-    assert derived.names.name("acme", "flow:a") == "Flow A"
+    # A new owner builds the partition's names (and messages) from the tables.
+    other = DerivedState(cfg, metrics, FunnelShares(), FunnelCollector(FunnelShares(), lambda t: t), part)
+
+    def items_of(t: PartitionedTable) -> Any:
+        return lambda ps: ((p, k, v) for p in ps for k, v in t.parts[p].items())
+    assert other.rebuild(set(range(N_PARTS)), items_of(table), items_of(names_table),
+                         AlertBook(metrics, SlaTable())) == (3, 0)
+    assert other.names.name("acme", "flow:a") == "Flow A" and other.inflight == 3
+    assert other.share.campaigns() == share.campaigns()
