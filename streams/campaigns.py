@@ -28,7 +28,10 @@ CampaignRowKey = tuple[int, str, str, "str | None"]  # (window_start_us, tenant,
 
 
 def activity_sync_campaign(obj: dict) -> tuple[str | None, str | None]:
-    """``(campaign, name)`` of an Activity Sync event (either may be None)."""
+    """``(campaign, name)`` of an Activity Sync event (either may be None).
+
+    SPEC §8 wins over §11: an event that declares ``flowId`` (or ``flowName``) in its own
+    ``pii`` list carries no campaign (no name) - nothing it declares PII leaves the worker."""
     wc = obj.get("workflowContext")
     if type(wc) is not dict:
         return None, None
@@ -39,6 +42,11 @@ def activity_sync_campaign(obj: dict) -> tuple[str | None, str | None]:
     if type(flow_id) is not str or not flow_id:
         return None, None
     name = fc.get("flowName")
+    pii = obj.get("pii")
+    if pii and type(pii) is list and ("flowId" in pii or "flowName" in pii):
+        if "flowId" in pii:
+            return None, None
+        name = None
     return FLOW + flow_id, name if type(name) is str and name else None
 
 

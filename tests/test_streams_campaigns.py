@@ -108,6 +108,19 @@ def test_campaign_names_from_non_lifecycle_events(obj, campaign, name):
         assert out.campaign_name is None
 
 
+@pytest.mark.parametrize("pii,campaign,name", [
+    (["body"], "flow:f", "F"), (["flowName"], "flow:f", None), (["flowId"], None, None),
+    (["flowName", "flowId"], None, None), ("flowName", "flow:f", "F"), ([], "flow:f", "F"),
+])
+def test_what_an_event_declares_pii_is_never_its_campaign_or_name(pii, campaign, name):
+    """SPEC §8 over §11: the event's own ``pii`` list makes a field PII, also flowId/flowName."""
+    obj = dict(as_ev("message-sent", flow="f", name="F"), pii=pii)
+    out = normalize(orjson.dumps(obj))
+    assert type(out) is CanonicalEvent and (out.campaign, out.campaign_name) == (campaign, name)
+    nl = normalize(orjson.dumps(dict(as_ev("action", mid=None, flow="f", name="F"), pii=pii)))
+    assert (nl.campaign, nl.campaign_name) == (campaign, name)
+
+
 def test_test_events_carry_nothing():
     assert type(normalize(orjson.dumps(ac_ev("campaign_launch", mid=None, campaign=5, name="S", is_test=True)))) is Ignored
 
