@@ -4,19 +4,16 @@ campaign names survive a restart that wipes the local state (they come back from
 campaign-names changelog); no campaign label reaches ``/metrics``."""
 from __future__ import annotations
 
-import asyncio
-import secrets
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.kafka_fixtures import create_topics, delete_topics
 from tests.worker_harness import (
     WorkerPool,
-    delete_app_topics,
     expected_report,
+    fresh_app_topics,
     produce_scenario,
     replay_json,
     wait_until,
@@ -32,13 +29,6 @@ PARTITIONS = {"activity_sync": 3, "altcraft": 2}
 OUTPUTS = {"dead_letters": 1, "alerts": 1, "funnel_windows": 1}
 
 
-def _topics(bootstrap: str, suffix: str) -> dict[str, str]:
-    parts = {**PARTITIONS, **OUTPUTS}
-    topics = {role: f"fw-{role.replace('_', '-')}-{suffix}" for role in parts}
-    asyncio.run(create_topics(bootstrap, {topics[r]: n for r, n in parts.items()}))
-    return topics
-
-
 def _rows_equal(expected: list[dict]) -> Any:
     return lambda body: isinstance(body, dict) and body.get("campaigns") == expected
 
@@ -51,10 +41,7 @@ def test_two_workers_serve_the_golden_campaign_rows_and_names_survive_a_wiped_re
         kafka_bootstrap: str, tmp_path: Path) -> None:
     expected = expected_report(CAMPAIGNS_EXPECTED)
     assert replay_json(CAMPAIGNS)["campaigns"] == expected["campaigns"]
-    suffix = secrets.token_hex(4)
-    app_id = f"fwtest-campaigns-{suffix}"
-    topics = _topics(kafka_bootstrap, suffix)
-    try:
+    with fresh_app_topics(kafka_bootstrap, "fwcamp", {**PARTITIONS, **OUTPUTS}) as (app_id, topics):
         with WorkerPool(tmp_path) as pool:
             ws = [pool.start(n, worker_env(app_id=app_id, bootstrap=kafka_bootstrap, topics=topics,
                                            data_dir=tmp_path / n)) for n in ("w1", "w2")]
@@ -111,10 +98,4 @@ def test_two_workers_serve_the_golden_campaign_rows_and_names_survive_a_wiped_re
                 "altcraft:501": "Black Friday (resend)", "altcraft:502": None,
                 "flow:22222222-bbbb-4bbb-8bbb-000000000002": "Newsletter",
                 "flow:11111111-aaaa-4aaa-8aaa-000000000001": "Welcome v2"}
-            assert "campaign names" in w.log_text()
-    finally:
-        try:
-            asyncio.run(delete_topics(kafka_bootstrap, list(topics.values())))
-        except Exception:  # noqa: BLE001 - best effort
-            pass
-        delete_app_topics(kafka_bootstrap, app_id)
+            assert "rebuilt derived state" in w.log_text()

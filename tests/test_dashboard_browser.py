@@ -12,24 +12,24 @@ unless ``CI`` is set (then it fails).
 """
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import os
 import secrets
 import shutil
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.kafka_fixtures import create_topics, delete_topics
 from tests.worker_harness import (
     BASIC,
     WorkerPool,
-    delete_app_topics,
     expected_report,
+    fresh_app_topics,
     http_get,
     produce_scenario,
     wait_until,
@@ -93,6 +93,33 @@ def _shown(page: Any) -> dict[str, dict[str, int]]:
         }
         return out;
     }""")
+
+
+@contextlib.contextmanager
+def _dashboard_worker(kafka_bootstrap: str, tmp_path: Path, scenario: Path) -> Iterator[Any]:
+    """A worker with a web token on topics of its own, ready, with ``scenario`` produced."""
+    with fresh_app_topics(kafka_bootstrap, "fwdash", {**INPUT_PARTITIONS, **OUTPUT_PARTITIONS}) as (app_id, topics):
+        with WorkerPool(tmp_path) as pool:
+            w = pool.start("w1", worker_env(app_id=app_id, bootstrap=kafka_bootstrap, topics=topics,
+                                            data_dir=tmp_path / "w1", extra={"FUNNELWATCH_WEB_TOKEN": TOKEN}))
+            wait_until(lambda: w.check_alive() or "Worker ready" in w.log_text(), 60, 0.3, "worker ready")
+            produce_scenario(kafka_bootstrap, topics, INPUT_PARTITIONS, scenario)
+            yield w
+
+
+def _new_page(p: Any, w: Any, errors: list[str], foreign: list[str]) -> tuple[Any, Any]:
+    """Chromium and a page that records console errors, failed requests, and requests to any
+    other host than the worker's (the dashboard loads no external resource)."""
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}")
+            if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+    page.on("request", lambda r: foreign.append(r.url)
+            if urlsplit(r.url).netloc not in ("", urlsplit(w.base_url).netloc)
+            and not r.url.startswith("data:") else None)
+    return browser, page
 
 
 def _trend_points(page: Any) -> dict[str, list[str]]:
@@ -159,216 +186,172 @@ def test_dashboard_campaigns_trend_and_latency_in_headless_chromium(kafka_bootst
     _require_browser()
     from playwright.sync_api import sync_playwright
 
-    suffix = secrets.token_hex(4)
-    app_id = f"fwtest-dashc-{suffix}"
-    parts = {**INPUT_PARTITIONS, **OUTPUT_PARTITIONS}
-    topics = {role: f"fwdashc-{role.replace('_', '-')}-{suffix}" for role in parts}
-    asyncio.run(create_topics(kafka_bootstrap, {topics[r]: n for r, n in parts.items()}))
     expected = expected_report(CAMPAIGNS_EXPECTED)
-    try:
-        with WorkerPool(tmp_path) as pool:
-            w = pool.start("w1", worker_env(app_id=app_id, bootstrap=kafka_bootstrap, topics=topics,
-                                            data_dir=tmp_path / "w1", extra={"FUNNELWATCH_WEB_TOKEN": TOKEN}))
-            wait_until(lambda: w.check_alive() or "Worker ready" in w.log_text(), 60, 0.3, "worker ready")
-            produce_scenario(kafka_bootstrap, topics, INPUT_PARTITIONS, CAMPAIGNS)
-            wait_until(lambda: _api(w.base_url, "/funnel?by=campaign") == (200, {"campaigns": expected["campaigns"]}),
-                       40, 0.5, "/funnel?by=campaign == campaigns.expected.json")
-            status, metrics_text = http_get(w.base_url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
-            assert status == 200
-            scraped = _scraped_latency(metrics_text.decode())
-            assert ("sms", "queued→sent") in scraped and ("email", "sent→delivered") in scraped
+    with _dashboard_worker(kafka_bootstrap, tmp_path, CAMPAIGNS) as w:
+        wait_until(lambda: _api(w.base_url, "/funnel?by=campaign") == (200, {"campaigns": expected["campaigns"]}),
+                   40, 0.5, "/funnel?by=campaign == campaigns.expected.json")
+        status, metrics_text = http_get(w.base_url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert status == 200
+        scraped = _scraped_latency(metrics_text.decode())
+        assert ("sms", "queued→sent") in scraped and ("email", "sent→delivered") in scraped
 
-            errors: list[str] = []
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                try:
-                    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                    page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}")
-                            if m.type in ("error", "warning") else None)
-                    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-                    page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
-                    resp = page.goto(f"{w.base_url}/?token={TOKEN}", wait_until="load")
-                    assert resp is not None and resp.status == 200
-                    page.wait_for_selector("#status[data-loaded=ok]", timeout=15000)
-                    page.wait_for_selector("#campaigns tbody tr.campaign")
+        errors: list[str] = []
+        foreign: list[str] = []
+        with sync_playwright() as p:
+            browser, page = _new_page(p, w, errors, foreign)
+            try:
+                resp = page.goto(f"{w.base_url}/?token={TOKEN}", wait_until="load")
+                assert resp is not None and resp.status == 200
+                page.wait_for_selector("#status[data-loaded=ok]", timeout=15000)
+                page.wait_for_selector("#campaigns tbody tr.campaign")
 
-                    # The campaign table's numbers are campaigns.expected.json's (one window here, so
-                    # the period's sum per campaign and channel is the expected row itself).
-                    assert len({r["window_start"] for r in expected["campaigns"]}) == 1
-                    shown = _campaign_table(page)
-                    key = lambda r: (r["tenant"], r["campaign"] or "", r["channel"])  # noqa: E731
-                    want = {key(r): r for r in expected["campaigns"]}
-                    assert sorted(map(key, shown)) == sorted(want)
-                    for row in shown:
-                        exp = want[key(row)]
-                        for f in ("entered", "delivered", "opened", "clicked", "failed"):
-                            assert row[f] == exp[f], (key(row), f)
-                        assert row["rates"] == [_rate(exp[f], exp["entered"]) for f in
-                                                ("delivered", "opened", "clicked", "failed")]
-                        assert row["name"] == (exp["campaign_name"] or ("(no name)" if exp["campaign"] else "(no campaign)"))
-                    assert page.inner_text("#campaigns-total") == str(len({(r["tenant"], r["campaign"])
-                                                                            for r in expected["campaigns"]}))
-                    # Sorted by entered (descending) by default; a click on a header sorts by it, again reverses.
-                    assert [r["entered"] for r in shown] == sorted((r["entered"] for r in shown), reverse=True)
-                    page.click('#campaigns th[data-sort="name"]')
-                    names = [r["name"].lower() for r in _campaign_table(page)]
-                    assert names == sorted(names)
-                    page.click('#campaigns th[data-sort="name"]')
-                    assert [r["name"].lower() for r in _campaign_table(page)] == sorted(names, reverse=True)
-                    page.click('#campaigns th[data-sort="delivered"]')
-                    rates = [r["delivered"] / r["entered"] for r in _campaign_table(page)]
-                    assert rates == sorted(rates, reverse=True)
+                # The campaign table's numbers are campaigns.expected.json's (one window here, so
+                # the period's sum per campaign and channel is the expected row itself).
+                assert len({r["window_start"] for r in expected["campaigns"]}) == 1
+                shown = _campaign_table(page)
+                key = lambda r: (r["tenant"], r["campaign"] or "", r["channel"])  # noqa: E731
+                want = {key(r): r for r in expected["campaigns"]}
+                assert sorted(map(key, shown)) == sorted(want)
+                for row in shown:
+                    exp = want[key(row)]
+                    for f in ("entered", "delivered", "opened", "clicked", "failed"):
+                        assert row[f] == exp[f], (key(row), f)
+                    assert row["rates"] == [_rate(exp[f], exp["entered"]) for f in
+                                            ("delivered", "opened", "clicked", "failed")]
+                    assert row["name"] == (exp["campaign_name"] or ("(no name)" if exp["campaign"] else "(no campaign)"))
+                assert page.inner_text("#campaigns-total") == str(len({(r["tenant"], r["campaign"])
+                                                                        for r in expected["campaigns"]}))
+                # Sorted by entered (descending) by default; a click on a header sorts by it, again reverses.
+                assert [r["entered"] for r in shown] == sorted((r["entered"] for r in shown), reverse=True)
+                page.click('#campaigns th[data-sort="name"]')
+                names = [r["name"].lower() for r in _campaign_table(page)]
+                assert names == sorted(names)
+                page.click('#campaigns th[data-sort="name"]')
+                assert [r["name"].lower() for r in _campaign_table(page)] == sorted(names, reverse=True)
+                page.click('#campaigns th[data-sort="delivered"]')
+                rates = [r["delivered"] / r["entered"] for r in _campaign_table(page)]
+                assert rates == sorted(rates, reverse=True)
 
-                    # The trend chart: one point per window and channel.
-                    assert _trend_points(page) == _windows_by_channel(expected["windows"])
+                # The trend chart: one point per window and channel.
+                assert _trend_points(page) == _windows_by_channel(expected["windows"])
 
-                    # Latency p50/p95 per channel: what histogram_quantile gives for the scraped buckets.
-                    lat = page.evaluate("""() => Array.from(document.querySelectorAll('#latency tbody tr[data-channel]'))
-                        .map((tr) => [tr.dataset.channel, tr.dataset.pair, Number(tr.dataset.p50), Number(tr.dataset.p95)])""")
-                    assert {(c, pr) for c, pr, _, _ in lat} == set(scraped)
-                    for c, pr, p50, p95 in lat:
-                        assert abs(p50 - scraped[(c, pr)][0]) < 1e-9 and abs(p95 - scraped[(c, pr)][1]) < 1e-9
+                # Latency p50/p95 per channel: what histogram_quantile gives for the scraped buckets.
+                lat = page.evaluate("""() => Array.from(document.querySelectorAll('#latency tbody tr[data-channel]'))
+                    .map((tr) => [tr.dataset.channel, tr.dataset.pair, Number(tr.dataset.p50), Number(tr.dataset.p95)])""")
+                assert {(c, pr) for c, pr, _, _ in lat} == set(scraped)
+                for c, pr, p50, p95 in lat:
+                    assert abs(p50 - scraped[(c, pr)][0]) < 1e-9 and abs(p95 - scraped[(c, pr)][1]) < 1e-9
 
-                    # A click on a campaign shows only it: the funnel cards are its rows.
-                    page.click('#campaigns tbody tr.campaign[data-campaign="altcraft:501"]')
-                    page.wait_for_selector("#campaign-filter:not([hidden])")
-                    page.wait_for_function("() => document.querySelectorAll('#funnel .card').length === 1")
-                    row = want[("23", "altcraft:501", "email")]
-                    assert _shown(page) == {"email": {f: row[f] for f in ("entered", *STAGES)}}
-                    assert "Black Friday (resend)" in page.inner_text("#campaign-filter")
-                    assert page.input_value("#tenant") == "23"
-                    assert _trend_points(page) == {"email": [row["window_start"]]}
-                    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-                    page.screenshot(path=str(ARTIFACTS / "dashboard-campaign-filter.png"), full_page=True)
-                    page.click("#campaign-clear")
-                    page.wait_for_selector("#campaign-filter[hidden]", state="attached")
-                    page.wait_for_function("() => document.querySelectorAll('#funnel .card').length === 2")
-                    assert _shown(page) == _by_channel(expected["windows"], "23")
+                # A click on a campaign shows only it: the funnel cards are its rows.
+                page.click('#campaigns tbody tr.campaign[data-campaign="altcraft:501"]')
+                page.wait_for_selector("#campaign-filter:not([hidden])")
+                page.wait_for_function("() => document.querySelectorAll('#funnel .card').length === 1")
+                row = want[("23", "altcraft:501", "email")]
+                assert _shown(page) == {"email": {f: row[f] for f in ("entered", *STAGES)}}
+                assert "Black Friday (resend)" in page.inner_text("#campaign-filter")
+                assert page.input_value("#tenant") == "23"
+                assert _trend_points(page) == {"email": [row["window_start"]]}
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "dashboard-campaign-filter.png"), full_page=True)
+                page.click("#campaign-clear")
+                page.wait_for_selector("#campaign-filter[hidden]", state="attached")
+                page.wait_for_function("() => document.querySelectorAll('#funnel .card').length === 2")
+                assert _shown(page) == _by_channel(expected["windows"], "23")
 
-                    page.select_option("#tenant", "")
-                    page.wait_for_function("() => document.querySelectorAll('#funnel .card').length === 3")
-                    shot = ARTIFACTS / "dashboard-campaigns.png"
-                    page.screenshot(path=str(shot), full_page=True)
-                    assert shot.stat().st_size > 10_000
-                finally:
-                    browser.close()
-            assert errors == []
-    finally:
-        try:
-            asyncio.run(delete_topics(kafka_bootstrap, list(topics.values())))
-        except Exception:  # noqa: BLE001 - best effort
-            pass
-        delete_app_topics(kafka_bootstrap, app_id)
+                page.select_option("#tenant", "")
+                page.wait_for_function("() => document.querySelectorAll('#funnel .card').length === 3")
+                shot = ARTIFACTS / "dashboard-campaigns.png"
+                page.screenshot(path=str(shot), full_page=True)
+                assert shot.stat().st_size > 10_000
+            finally:
+                browser.close()
+        assert errors == []
+        assert foreign == []
 
 
 def test_dashboard_in_headless_chromium(kafka_bootstrap: str, tmp_path: Path) -> None:
     _require_browser()
     from playwright.sync_api import sync_playwright
 
-    suffix = secrets.token_hex(4)
-    app_id = f"fwtest-dash-{suffix}"
-    parts = {**INPUT_PARTITIONS, **OUTPUT_PARTITIONS}
-    topics = {role: f"fwdash-{role.replace('_', '-')}-{suffix}" for role in parts}
-    asyncio.run(create_topics(kafka_bootstrap, {topics[r]: n for r, n in parts.items()}))
     expected = expected_report()
-    try:
-        with WorkerPool(tmp_path) as pool:
-            w = pool.start("w1", worker_env(app_id=app_id, bootstrap=kafka_bootstrap, topics=topics,
-                                            data_dir=tmp_path / "w1", extra={"FUNNELWATCH_WEB_TOKEN": TOKEN}))
-            wait_until(lambda: w.check_alive() or "Worker ready" in w.log_text(), 60, 0.3, "worker ready")
-            produce_scenario(kafka_bootstrap, topics, INPUT_PARTITIONS, BASIC)
-            wait_until(lambda: _api(w.base_url, "/funnel") == (200, {"windows": expected["windows"]}),
-                       40, 0.5, "funnel == replay report")
-            want_stuck = [(s["tenant"], s["message_id"]) for s in expected["stuck"]]
-            wait_until(lambda: [(a["tenant"], a["message_id"]) for a in _api(w.base_url, "/alerts")[1]["alerts"]]
-                       == want_stuck, 30, 0.5, "the scenario's stuck alert")
+    with _dashboard_worker(kafka_bootstrap, tmp_path, BASIC) as w:
+        wait_until(lambda: _api(w.base_url, "/funnel") == (200, {"windows": expected["windows"]}),
+                   40, 0.5, "funnel == replay report")
+        want_stuck = [(s["tenant"], s["message_id"]) for s in expected["stuck"]]
+        wait_until(lambda: [(a["tenant"], a["message_id"]) for a in _api(w.base_url, "/alerts")[1]["alerts"]]
+                   == want_stuck, 30, 0.5, "the scenario's stuck alert")
 
-            errors: list[str] = []
-            foreign: list[str] = []
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                try:
-                    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                    page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}")
-                            if m.type in ("error", "warning") else None)
-                    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-                    page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
-                    page.on("request", lambda r: foreign.append(r.url)
-                            if urlsplit(r.url).netloc not in ("", urlsplit(w.base_url).netloc)
-                            and not r.url.startswith("data:") else None)
+        errors: list[str] = []
+        foreign: list[str] = []
+        with sync_playwright() as p:
+            browser, page = _new_page(p, w, errors, foreign)
+            try:
+                resp = page.goto(f"{w.base_url}/?token={TOKEN}", wait_until="load")
+                assert resp is not None and resp.status == 200
+                assert "default-src 'none'" in resp.headers["content-security-policy"]
+                page.wait_for_selector("#status[data-loaded=ok]", timeout=15000)
+                assert "token" not in page.url  # moved to sessionStorage, out of the address bar
 
-                    resp = page.goto(f"{w.base_url}/?token={TOKEN}", wait_until="load")
-                    assert resp is not None and resp.status == 200
-                    assert "default-src 'none'" in resp.headers["content-security-policy"]
-                    page.wait_for_selector("#status[data-loaded=ok]", timeout=15000)
-                    assert "token" not in page.url  # moved to sessionStorage, out of the address bar
+                # Funnel per channel, all tenants, all retained windows (the default period).
+                want = _by_channel(expected["windows"])
+                assert _shown(page) == want
+                email = page.locator('#funnel .card[data-channel="email"]')
+                assert f"{want['email']['entered']} entered" in email.locator("h3").inner_text()
+                assert "100.0%" in email.locator('.row[data-stage="sent"]').inner_text()
 
-                    # Funnel per channel, all tenants, all retained windows (the default period).
-                    want = _by_channel(expected["windows"])
-                    assert _shown(page) == want
-                    email = page.locator('#funnel .card[data-channel="email"]')
-                    assert f"{want['email']['entered']} entered" in email.locator("h3").inner_text()
-                    assert "100.0%" in email.locator('.row[data-stage="sent"]').inner_text()
+                # Dead letters by reason and the open stuck alert.
+                assert page.inner_text("#dlq-total") == str(sum(expected["input"]["rejected"].values()))
+                for reason, n in expected["input"]["rejected"].items():
+                    assert page.inner_text(f'#dlq tr[data-reason="{reason}"] td.num') == str(n)
+                assert page.inner_text("#alerts-total") == "1"
+                assert "m3" in page.inner_text("#alerts tbody")
 
-                    # Dead letters by reason and the open stuck alert.
-                    assert page.inner_text("#dlq-total") == str(sum(expected["input"]["rejected"].values()))
-                    for reason, n in expected["input"]["rejected"].items():
-                        assert page.inner_text(f'#dlq tr[data-reason="{reason}"] td.num') == str(n)
-                    assert page.inner_text("#alerts-total") == "1"
-                    assert "m3" in page.inner_text("#alerts tbody")
+                # Tenant selector.
+                page.select_option("#tenant", "23")
+                page.wait_for_function("() => document.querySelectorAll('#funnel .card').length === 2")
+                assert _shown(page) == _by_channel(expected["windows"], "23")
+                page.select_option("#tenant", "")
+                page.wait_for_function("() => document.querySelectorAll('#funnel .card').length === 3")
 
-                    # Tenant selector.
-                    page.select_option("#tenant", "23")
-                    page.wait_for_function("() => document.querySelectorAll('#funnel .card').length === 2")
-                    assert _shown(page) == _by_channel(expected["windows"], "23")
-                    page.select_option("#tenant", "")
-                    page.wait_for_function("() => document.querySelectorAll('#funnel .card').length === 3")
+                # Period selector: the last hour holds none of the 2024 events; a custom range does.
+                page.select_option("#period", "1")
+                page.wait_for_selector("#funnel .empty")
+                page.select_option("#period", "custom")
+                page.fill("#from", "2024-08-27T13:00:00")
+                page.fill("#to", "2024-08-27T14:00:00")
+                page.click("#refresh")
+                page.wait_for_function("() => document.querySelectorAll('#funnel .card').length === 3")
+                assert _shown(page) == want
+                page.fill("#from", "2024-08-27T14:00:00")
+                page.fill("#to", "2024-08-27T15:00:00")
+                page.click("#refresh")
+                page.wait_for_selector("#funnel .empty")
+                page.select_option("#period", "all")
+                page.wait_for_function("() => document.querySelectorAll('#funnel .card').length === 3")
 
-                    # Period selector: the last hour holds none of the 2024 events; a custom range does.
-                    page.select_option("#period", "1")
-                    page.wait_for_selector("#funnel .empty")
-                    page.select_option("#period", "custom")
-                    page.fill("#from", "2024-08-27T13:00:00")
-                    page.fill("#to", "2024-08-27T14:00:00")
-                    page.click("#refresh")
-                    page.wait_for_function("() => document.querySelectorAll('#funnel .card').length === 3")
-                    assert _shown(page) == want
-                    page.fill("#from", "2024-08-27T14:00:00")
-                    page.fill("#to", "2024-08-27T15:00:00")
-                    page.click("#refresh")
-                    page.wait_for_selector("#funnel .empty")
-                    page.select_option("#period", "all")
-                    page.wait_for_function("() => document.querySelectorAll('#funnel .card').length === 3")
+                # Message search.
+                page.select_option("#l-source", "activity_sync")
+                page.fill("#l-tenant", "foo")
+                page.fill("#l-id", "m2")
+                page.click("#l-go")
+                page.wait_for_selector('#message-found[data-message-id="m2"]', timeout=10000)
+                assert page.inner_text("#message-outcome") == "delivered"
+                found = page.inner_text("#message-found")
+                assert "email" in found and "2024-08-27T13:40:00Z" in found and "2 / 1" in found
 
-                    # Message search.
-                    page.select_option("#l-source", "activity_sync")
-                    page.fill("#l-tenant", "foo")
-                    page.fill("#l-id", "m2")
-                    page.click("#l-go")
-                    page.wait_for_selector('#message-found[data-message-id="m2"]', timeout=10000)
-                    assert page.inner_text("#message-outcome") == "delivered"
-                    found = page.inner_text("#message-found")
-                    assert "email" in found and "2024-08-27T13:40:00Z" in found and "2 / 1" in found
+                # A click on the stuck alert looks that message up.
+                page.click("#alerts tbody a.msg")
+                page.wait_for_selector('#message-found[data-message-id="m3"]', timeout=10000)
+                assert "STUCK NOW" in page.inner_text("#message-found")
 
-                    # A click on the stuck alert looks that message up.
-                    page.click("#alerts tbody a.msg")
-                    page.wait_for_selector('#message-found[data-message-id="m3"]', timeout=10000)
-                    assert "STUCK NOW" in page.inner_text("#message-found")
+                # The trend chart: one point per window and channel.
+                assert _trend_points(page) == _windows_by_channel(expected["windows"])
 
-                    # The trend chart: one point per window and channel.
-                    assert _trend_points(page) == _windows_by_channel(expected["windows"])
-
-                    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-                    shot = ARTIFACTS / "dashboard.png"
-                    page.screenshot(path=str(shot), full_page=True)
-                    assert shot.stat().st_size > 10_000
-                finally:
-                    browser.close()
-            assert errors == []
-            assert foreign == []
-    finally:
-        try:
-            asyncio.run(delete_topics(kafka_bootstrap, list(topics.values())))
-        except Exception:  # noqa: BLE001 - best effort
-            pass
-        delete_app_topics(kafka_bootstrap, app_id)
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                shot = ARTIFACTS / "dashboard.png"
+                page.screenshot(path=str(shot), full_page=True)
+                assert shot.stat().st_size > 10_000
+            finally:
+                browser.close()
+        assert errors == []
+        assert foreign == []

@@ -16,6 +16,7 @@ It also holds the golden-scenario helpers shared by the live-pipeline tests (loa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -26,7 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -480,6 +481,28 @@ def app_topics(bootstrap: str, app_id: str) -> list[str]:
     from tests.kafka_fixtures import list_topics
 
     return sorted(t for t in asyncio.run(list_topics(bootstrap)) if t.startswith(app_id))
+
+
+@contextlib.contextmanager
+def fresh_app_topics(bootstrap: str, prefix: str, partitions: Mapping[str, int]) -> Iterator[tuple[str, dict[str, str]]]:
+    """A new app id and its own topics (``role -> partitions``), named ``<prefix>-<role>-<suffix>``;
+    they and the worker's own topics are deleted afterwards (best effort)."""
+    import secrets
+
+    from tests.kafka_fixtures import create_topics, delete_topics
+
+    suffix = secrets.token_hex(4)
+    app_id = f"fwtest-{prefix}-{suffix}"
+    topics = {role: f"{prefix}-{role.replace('_', '-')}-{suffix}" for role in partitions}
+    asyncio.run(create_topics(bootstrap, {topics[r]: n for r, n in partitions.items()}))
+    try:
+        yield app_id, topics
+    finally:
+        try:
+            asyncio.run(delete_topics(bootstrap, list(topics.values())))
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+        delete_app_topics(bootstrap, app_id)
 
 
 def delete_app_topics(bootstrap: str, app_id: str) -> None:
