@@ -19,8 +19,10 @@ the real local broker, with the rocksdict store:
 
 Prints a table and writes ``.bench/state-scale-<timestamp>.json``. Every wait is bounded
 (``--timeout`` per phase); workers are stopped SIGTERM → SIGKILL; the run's topics are deleted.
+``--rev REV`` runs the workers on ``agents/`` and ``streams/`` of a git revision instead (its
+state format: the seeded messages then carry no campaign, which older revisions cannot read).
 
-    .venv/bin/python bench/bench_state_scale.py [--sizes 100000,1000000] [--partitions 4]
+    .venv/bin/python bench/bench_state_scale.py [--sizes 100000,1000000] [--partitions 4] [--rev REV]
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import random
 import re
 import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -67,7 +70,7 @@ def rss_mb(pid: int | None) -> float | None:
     return None
 
 
-def seeded_states(n: int, now_us: int, seed: int = 1):
+def seeded_states(n: int, now_us: int, seed: int = 1, campaigns: bool = True):
     """``(key, state bytes, source, tenant, state)`` of n messages (deterministic)."""
     rnd = random.Random(seed)
     out_sms, sent, deliv = (AS_LIFECYCLE[k].code for k in ("outbound-sms", "message-sent", "message-delivered"))
@@ -80,12 +83,12 @@ def seeded_states(n: int, now_us: int, seed: int = 1):
         if rnd.random() < 0.5:
             source, tenant = "activity_sync", f"tenant-{i % 7}"
             events = [(t0, out_sms), (t0 + US_PER_S, sent)] + ([] if pending else [(t0 + 3 * US_PER_S, deliv)])
-            if i % 3 == 0:
+            if i % 3 == 0 and campaigns:
                 campaign = f"flow:f10a{i % 11:04x}-04e3-4698-a799-04c558b77147"
         else:
             source, tenant = "altcraft", str(20 + i % 5)
             events = [(t0, ac_send)] + ([] if pending else [(t0 + 2 * US_PER_S, ac_deliv)])
-            if i % 3 == 0:
+            if i % 3 == 0 and campaigns:
                 campaign = f"altcraft:{1000 + i % 13}"
         if pending:  # within the SLA (sent -> delivered: 900 s sms, 3600 s email): a pending deadline
             events = [(now_us - 30 * US_PER_S + (ts - t0), c) for ts, c in events]
@@ -94,7 +97,7 @@ def seeded_states(n: int, now_us: int, seed: int = 1):
         yield key, st.to_bytes(), source, tenant, st
 
 
-async def seed(app_id: str, n: int, partitions: int, now_us: int) -> tuple[list[dict], float]:
+async def seed(app_id: str, n: int, partitions: int, now_us: int, campaigns: bool) -> tuple[list[dict], float]:
     """Write the states to the changelog; returns the expected ``/funnel`` rows and seconds taken."""
     from aiokafka import AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -114,7 +117,7 @@ async def seed(app_id: str, n: int, partitions: int, now_us: int) -> tuple[list[
     t = time.monotonic()
     try:
         pending: list[Any] = []
-        for i, (key, raw, source, tenant, st) in enumerate(seeded_states(n, now_us)):
+        for i, (key, raw, source, tenant, st) in enumerate(seeded_states(n, now_us, campaigns=campaigns)):
             s = summarize(source, st.events, st.campaign)
             for k, vec in contribution_delta(tenant, WINDOW_US, None, s):
                 acc = funnel.setdefault(k, [0] * len(vec))
@@ -133,10 +136,11 @@ async def seed(app_id: str, n: int, partitions: int, now_us: int) -> tuple[list[
 
 
 class Run:
-    def __init__(self, app_id: str, tmp: Path, partitions: int, store: str) -> None:
+    def __init__(self, app_id: str, tmp: Path, partitions: int, store: str, code_env: dict[str, str]) -> None:
         from tests.worker_harness import funnelwatch_bin
 
         self.app_id, self.tmp, self.partitions, self.store = app_id, tmp, partitions, store
+        self.code_env = code_env
         self.bin = funnelwatch_bin()
         self.topics = {"activity_sync": f"{app_id}-as", "altcraft": f"{app_id}-ac", "dead_letters": f"{app_id}-dlq",
                        "alerts": f"{app_id}-alerts", "funnel_windows": f"{app_id}-windows"}
@@ -148,7 +152,7 @@ class Run:
         env = worker_env(app_id=self.app_id, bootstrap=BOOTSTRAP, topics=self.topics, data_dir=self.tmp / name,
                          web_port=free_port(), publish_interval_s=30, topic_partitions=self.partitions,
                          extra={"FUNNELWATCH_STORE": self.store, "FUNNELWATCH_LOG_LEVEL": "info",
-                                "FUNNELWATCH_WINDOW_RETENTION_S": str(30 * 86400)})
+                                "FUNNELWATCH_WINDOW_RETENTION_S": str(30 * 86400), **self.code_env})
         w = Worker(f"{name}-{len(self.workers)}", env, self.tmp / f"{name}-{len(self.workers)}.log",
                    argv=[self.bin, "worker"])
         self.workers.append(w)
@@ -191,8 +195,16 @@ def rebuilt(w: Any) -> list[int]:
 def measure(n: int, args: argparse.Namespace, stamp: str) -> dict[str, Any]:
     app_id = f"fwscale-{stamp}-{n}"
     tmp = Path(tempfile.mkdtemp(prefix="fwscale-"))
-    run = Run(app_id, tmp, args.partitions, args.store)
-    res: dict[str, Any] = {"messages": n, "store": args.store, "partitions": args.partitions}
+    code_env: dict[str, str] = {}
+    if args.rev:
+        code = tmp / "code"
+        code.mkdir()
+        archive = subprocess.run(["git", "archive", args.rev, "agents", "streams"], cwd=ROOT, capture_output=True,
+                                 check=True, timeout=60).stdout
+        subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True, timeout=60)
+        code_env = {"PYTHONPATH": str(code)}
+    run = Run(app_id, tmp, args.partitions, args.store, code_env)
+    res: dict[str, Any] = {"messages": n, "store": args.store, "partitions": args.partitions, "rev": args.rev}
     now_us = time.time_ns() // 1000
     try:
         async def mk_inputs() -> None:
@@ -205,7 +217,7 @@ def measure(n: int, args: argparse.Namespace, stamp: str) -> dict[str, Any]:
                 await admin.close()
         asyncio.run(mk_inputs())
         log(f"N={n:,}: seeding the changelog ...")
-        expected, res["seed_s"] = asyncio.run(seed(app_id, n, args.partitions, now_us))
+        expected, res["seed_s"] = asyncio.run(seed(app_id, n, args.partitions, now_us, campaigns=not args.rev))
         res["seed_per_s"] = n / res["seed_s"]
 
         log("first start (restores from the changelog) ...")
@@ -259,13 +271,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--store", default="rocksdict://")
     p.add_argument("--timeout", type=float, default=900.0, help="per wait, seconds")
+    p.add_argument("--rev", default=None, help="run the workers on this git revision's code")
     args = p.parse_args(argv)
     stamp = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     results = [measure(int(n), args, stamp) for n in args.sizes.split(",") if n.strip()]
     out = ROOT / ".bench" / f"state-scale-{stamp}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"stamp": stamp, "args": vars(args), "results": results}, indent=2, default=str))
-    print(f"\nstate at scale ({args.store}, {args.partitions} partitions; seconds to /health/ready 200)")
+    print(f"\nstate at scale ({args.store}, {args.partitions} partitions, code of {args.rev or 'the working tree'}; "
+          "seconds to /health/ready 200)")
     print(f"{'messages':>10} {'first start':>12} {'restart':>9} {'rebal kept':>11} {'rebal joined':>13} "
           f"{'RSS MB start/restart/kept/joined':>34} {'funnel==replay':>15}")
     for r in results:
