@@ -49,7 +49,6 @@ from streams.events import message_key  # noqa: E402
 from streams.kinds import AC_LIFECYCLE, AS_LIFECYCLE  # noqa: E402
 from streams.lifecycle import MessageState, contribution_delta, summarize  # noqa: E402
 from streams.report import window_rows  # noqa: E402
-from streams.stuck import SlaTable  # noqa: E402
 from streams.timeparse import US_PER_S  # noqa: E402
 
 BOOTSTRAP = os.environ.get("FUNNELWATCH_BENCH_BOOTSTRAP", "127.0.0.1:19092")
