@@ -1,5 +1,5 @@
-"""State derived from the owned table partitions: funnel share, deadline and expiry indexes,
-in-flight count and campaign names, kept **per partition**.
+"""State derived from the owned table partitions: funnel share, deadline index, in-flight
+count and campaign names, kept **per partition** (expiry needs none: ``agents.expiry``).
 
 None of it is persisted: it is updated from each message step's effects and, after a
 rebalance or restart, built from the table for the partitions newly owned only
@@ -29,8 +29,8 @@ ItemsOf = Callable[[set[int]], Iterable[tuple[int, bytes, bytes]]]
 
 
 class DerivedState:
-    """This worker's funnel share, deadline index, expiry index, in-flight count and campaign
-    names, each per owned partition."""
+    """This worker's funnel share, deadline index, in-flight count and campaign names, each
+    per owned partition."""
 
     def __init__(self, cfg: StepConfig, metrics: Any, share: FunnelShares, collector: FunnelCollector,
                  partition_of: Callable[[str], int]) -> None:
@@ -40,7 +40,6 @@ class DerivedState:
         self.share = share
         self.collector = collector  # the funnel counters of /metrics, from ``share``
         self.deadlines = PartitionedDeadlines(partition_of)
-        self.expiry = PartitionedDeadlines(partition_of)
         self.owned: set[int] = set()  # partitions whose part is built
         self._inflight: dict[int, int] = {}
         self._names: dict[int, CampaignNames] = {}
@@ -48,6 +47,10 @@ class DerivedState:
     @property
     def inflight(self) -> int:
         return sum(self._inflight.values())
+
+    def sizes(self) -> dict[int, int]:
+        """Stored message states per owned partition."""
+        return dict(self._inflight)
 
     def apply(self, key: str, fx: Effects, now_us: int) -> None:
         """Carry out one message step's effects on the derived state."""
@@ -62,21 +65,9 @@ class DerivedState:
                 self.deadlines.cancel(key)
             else:
                 self.deadlines.schedule(key, d.deadline_us, d.stage)
-        if fx.expiry_us is not None:
-            self.expiry.schedule(key, fx.expiry_us, "expire")
-        elif fx.delete and fx.state is None:
-            self.expiry.cancel(key)
         if fx.inflight_delta:
             self._inflight[p] = self._inflight.get(p, 0) + fx.inflight_delta
             self.metrics.inflight_set(self.inflight)
-
-    def pop_due_expiries(self, now_us: int, limit: int) -> list[tuple[str, str, int]]:
-        out: list[tuple[str, str, int]] = []
-        for p in self.expiry.partitions():
-            if len(out) >= limit:
-                break
-            out += self.expiry.pop_due(p, now_us, limit - len(out))
-        return out
 
     # ------------------------------------------------------------------ campaign names
     def name_of(self, tenant: str, campaign: str) -> tuple[int, str] | None:
@@ -106,7 +97,6 @@ class DerivedState:
         for p in self.owned - active:
             self.share.drop(p)
             self.deadlines.drop(p)
-            self.expiry.drop(p)
             self._inflight.pop(p, None)
             self._names.pop(p, None)
         new = active - self.owned
@@ -131,7 +121,6 @@ class DerivedState:
             d = pending_deadline(s, tenant, st.alerted, cfg.slas)  # marks not yet written: their check writes them
             if d is not None:
                 self.deadlines.schedule(k, d.deadline_us, d.stage)
-            self.expiry.schedule(k, st.touched_us + cfg.retention_us, "expire")
             book.set_open(key, book.open_from_state(key, st, s))
             self._inflight[p] += 1
             n += 1

@@ -35,6 +35,7 @@ from .app import Partitioner, build_app, campaign_names_table, internal_topics
 from .clock import now_us
 from .commit import CommitPoint
 from .derived import DerivedState
+from .expiry import ExpirySweep
 from .funnel import FunnelCollector, FunnelShares
 from .ingest import Ingest
 from .lifecycle import Lifecycle
@@ -81,8 +82,10 @@ class Pipeline:
         self.peers = Peers(self.app, s)
         self.windows = Windows(lambda: self.derived.share, self.peers, t.windows, s.window_retention_s, now_us,
                                lambda: self.derived.names)
+        self.expiry = ExpirySweep(self._scan, retention_us=self.step_config.retention_us, sweep_s=s.expiry_sweep_s,
+                                  tick_s=s.alert_tick_s)
         self.timers = Timers(self.app, t, self.commit, self.derived, self.book, self.windows, self.partition_of,
-                             alert_max_lag=s.alert_max_lag, clock=now_us)
+                             alert_max_lag=s.alert_max_lag, clock=now_us, expiry=self.expiry)
         self.registry.register(WorkerCollector(self.commit.lags, lambda: self.ready))
         self._owned: set[int] = set()  # events/table partitions owned since the last rebalance
         self._wire()
@@ -146,8 +149,14 @@ class Pipeline:
         active = self._active_partitions()
         t0 = time.monotonic()
         n, kept = self.derived.rebuild(active, self._items_of(self.messages), self._items_of(self.names), self.book)
+        self.expiry.keep(active)
         log.info("funnelwatch: rebuilt derived state from %d owned messages in %.2fs (%d partitions kept as they "
                  "were) (partitions %s)", n, time.monotonic() - t0, kept, sorted(active))
+
+    def _scan(self, partition: int, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
+        keys = sorted(k for _p, k, _v in self._items_of(self.messages)({partition}) if after is None or k > after)
+        data = self.messages.data
+        return [(k, data[k]) for k in keys[:limit]]
 
     def _items_of(self, table: Any) -> Any:
         partition_of = self.partition_of

@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     publish_interval_s: float = Field(10.0, gt=0)
     alert_max_lag: int = Field(1000, ge=0)
     alert_tick_s: float = Field(1.0, gt=0)
+    # Message states past ``message_retention_s`` are found by sweeping each owned partition's
+    # store in slices, each partition once per this period (at most half the retention): no
+    # index entry in RAM per message.
+    expiry_sweep_s: float = Field(600.0, gt=0)
     # A partition whose commit point has not moved for this long while records are waiting
     # (a record faust dropped was the last one): re-read from the commit point.
     offset_stall_s: float = Field(10.0, gt=0)

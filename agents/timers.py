@@ -1,4 +1,4 @@
-"""Timers: the deadline tick (stuck checks, expiry, stalled commit points) and the
+"""Timers: the deadline tick (stuck checks, the expiry sweep, stalled commit points) and the
 ``funnel-windows`` publication.
 
 A due deadline becomes a check record on the message's own partition of the events topic,
@@ -22,15 +22,14 @@ from .alerts import AlertBook
 from .app import Topics
 from .commit import CommitPoint
 from .derived import DerivedState
+from .expiry import ExpirySweep
 from .windows import Windows
-
-EXPIRE_PER_TICK = 10_000
 
 
 class Timers:
     def __init__(self, app: Any, topics: Topics, commit: CommitPoint, derived: DerivedState, book: AlertBook,
                  windows: Windows, partition_of: Callable[[str], int], *, alert_max_lag: int,
-                 clock: Callable[[], int]) -> None:
+                 clock: Callable[[], int], expiry: ExpirySweep | None = None) -> None:
         self.app = app
         self.topics = topics
         self.commit = commit
@@ -40,6 +39,7 @@ class Timers:
         self.partition_of = partition_of
         self.alert_max_lag = alert_max_lag
         self.clock = clock
+        self.expiry = expiry
         self._events_topic = topics.events.get_topic_name()
         self._inputs = {t.get_topic_name() for t in topics.inputs}
 
@@ -66,8 +66,9 @@ class Timers:
             for k, stage, _d in [*deadlines.release(part), *deadlines.pop_due(part, now)]:
                 self.book.unsuppress(k.encode(), stage)
                 await self._send_control(k, [OP_CHECK, STAGE_RANK[stage]])
-        for k, _stage, _d in self.derived.pop_due_expiries(now, EXPIRE_PER_TICK):
-            await self._send_control(k, [OP_EXPIRE])
+        if self.expiry is not None:
+            for key in self.expiry.due(now, self.derived.sizes()):
+                await self._send_control(key.decode(), [OP_EXPIRE])
 
     async def _send_control(self, key: str, op: list) -> None:
         """A control record on the message's own partition (the same function places its events)."""

@@ -349,7 +349,15 @@ def expired(state: MessageState, *, now_us: int, retention_us: int) -> bool:
     return now_us - state.touched_us > retention_us
 
 
+_TOUCHED = struct.Struct("<q")
+
+
+def touched_us_of(raw: bytes) -> int:
+    """``MessageState.from_bytes(raw).touched_us`` read from the header alone (any version)."""
+    return _TOUCHED.unpack_from(raw, 2)[0]
+
+
 __all__ = [
     "ApplyResult", "CampaignKey", "Delta", "MessageState", "RowKey", "Summary", "VECTOR_FIELDS", "apply",
-    "contribution_delta", "expired", "summarize", "QUEUED", "SENT", "OPENED",
+    "contribution_delta", "expired", "summarize", "touched_us_of", "QUEUED", "SENT", "OPENED",
 ]

@@ -70,7 +70,7 @@ def make(n_due: int, lag: int) -> tuple[Timers, Commit, Producer, Counting, list
     commit.lags = {p: lag for p in range(N_PARTS)}
     app = SimpleNamespace(producer=producer, in_recovery=False)
     topics = SimpleNamespace(events=Topic("events"), inputs=(Topic("as"), Topic("ac")))
-    derived = SimpleNamespace(deadlines=deadlines, pop_due_expiries=lambda now_us, limit: [])
+    derived = SimpleNamespace(deadlines=deadlines, sizes=dict)
     timers = Timers(app, topics, commit, derived, AlertBook(metrics, SlaTable()), windows=None,
                     partition_of=part, alert_max_lag=1000, clock=lambda: T0 + 10 * n_due + 1)
     return timers, commit, producer, metrics, keys
