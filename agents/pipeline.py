@@ -19,6 +19,7 @@ Faults for tests are injected by passing other component classes (``ingest_cls``
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from typing import Any
@@ -87,7 +88,8 @@ class Pipeline:
         self.timers = Timers(self.app, t, self.commit, self.derived, self.book, self.windows, self.partition_of,
                              alert_max_lag=s.alert_max_lag, clock=now_us, expiry=self.expiry)
         self.registry.register(WorkerCollector(self.commit.lags, lambda: self.ready))
-        self._owned: set[int] = set()  # events/table partitions owned since the last rebalance
+        self._owned: set[int] = set()
+        self._sweep_keys: dict[int, list[bytes]] = {}  # events/table partitions owned since the last rebalance
         self._wire()
 
     def _wire(self) -> None:
@@ -150,13 +152,19 @@ class Pipeline:
         t0 = time.monotonic()
         n, kept = self.derived.rebuild(active, self._items_of(self.messages), self._items_of(self.names), self.book)
         self.expiry.keep(active)
+        self._sweep_keys.clear()
         log.info("funnelwatch: rebuilt derived state from %d owned messages in %.2fs (%d partitions kept as they "
                  "were) (partitions %s)", n, time.monotonic() - t0, kept, sorted(active))
 
     def _scan(self, partition: int, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
-        keys = sorted(k for _p, k, _v in self._items_of(self.messages)({partition}) if after is None or k > after)
+        """A slice of ``partition``'s stored states after ``after`` (the expiry sweep's reader):
+        the keys are listed once per sweep (when it starts over), values read as the slice needs them."""
+        if after is None or partition not in self._sweep_keys:
+            self._sweep_keys[partition] = sorted(k for _p, k, _v in self._items_of(self.messages)({partition}))
+        keys = self._sweep_keys[partition]
+        i = bisect.bisect_right(keys, after) if after is not None else 0
         data = self.messages.data
-        return [(k, data[k]) for k in keys[:limit]]
+        return [(k, data.get(k) or b"") for k in keys[i:i + limit]]  # b"": deleted since the listing
 
     def _items_of(self, table: Any) -> Any:
         partition_of = self.partition_of
