@@ -91,11 +91,18 @@ distclean: clean
 test-chaos: install deps-system
 	$(VENV)/bin/pytest -q -m chaos
 
+# The `bench` extra (Quix Streams, for bench/quix_app.py): benchmarks only, never a runtime
+# dependency. Re-installs only when pyproject.toml changes.
+BENCH_STAMP = $(VENV)/.bench-install-stamp
+$(BENCH_STAMP): pyproject.toml $(INSTALL_STAMP)
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[test,rocksdb,bench]'
+	touch $@
+
 # Live-pipeline benchmark on the local Kafka, then state bytes per in-flight message.
 # Figures are printed and saved as JSON under .bench/ (git-ignored); see bench/README.md.
 # `make bench BENCH_ARGS="--compare REV"` also runs (b) on REV's code, same input, same run.
 BENCH_ARGS ?=
 .PHONY: bench
-bench: install
+bench: install $(BENCH_STAMP)
 	$(PY) bench/bench_pipeline.py $(BENCH_ARGS)
 	$(PY) bench/bench_state_memory.py

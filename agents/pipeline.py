@@ -30,7 +30,7 @@ from streams.step import StepConfig
 from streams.stuck import SlaTable
 from streams.timeparse import US_PER_S
 
-from . import web
+from . import faust_compat, web
 from .alerts import AlertBook, AlertSender, reconcile
 from .app import Partitioner, build_app, campaign_names_table, internal_topics
 from .clock import now_us
@@ -157,8 +157,12 @@ class Pipeline:
                  "were) (partitions %s)", n, time.monotonic() - t0, kept, sorted(active))
 
     def _scan(self, partition: int, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
-        """A slice of ``partition``'s stored states after ``after`` (the expiry sweep's reader):
-        the keys are listed once per sweep (when it starts over), values read as the slice needs them."""
+        """A slice of ``partition``'s stored states after ``after`` (the expiry sweep's reader).
+        rocksdb: read from the partition's db. Other stores: the partition's keys are listed
+        once per sweep (when it starts over), values read as the slice needs them."""
+        found = faust_compat.partition_slice(self.messages, partition, after, limit)
+        if found is not None:
+            return found
         if after is None or partition not in self._sweep_keys:
             self._sweep_keys[partition] = sorted(k for _p, k, _v in self._items_of(self.messages)({partition}))
         keys = self._sweep_keys[partition]
@@ -167,16 +171,8 @@ class Pipeline:
         return [(k, data.get(k) or b"") for k in keys[i:i + limit]]  # b"": deleted since the listing
 
     def _items_of(self, table: Any) -> Any:
-        partition_of = self.partition_of
-
-        def items_of(partitions: set[int]) -> Any:
-            if not partitions:
-                return
-            for key, value in table.data.items():
-                p = partition_of(key.decode())
-                if p in partitions:
-                    yield p, key, value
-        return items_of
+        """``partitions`` -> ``(partition, key, value)`` of ``table``'s entries in them."""
+        return lambda partitions: faust_compat.partition_items(table, partitions, self.partition_of)
 
     def _owner_of(self, active: set[int]) -> Any:
         partition_of = self.partition_of

@@ -13,9 +13,21 @@ records, both input topics with 4 partitions, records spread over partitions at 
       partitions) to that moment. Then: correctness (``/funnel`` windows == ``funnelwatch
       replay --json`` windows of the same records) and event-to-funnel latency at a fixed
       offered rate (``--latency-fraction`` of the measured (b) rate, ``--latency-s`` seconds);
-  (c) the same catch-up with two workers (fresh app id), plus the same correctness check.
+  (c) the same catch-up with two workers (fresh app id), plus the same correctness check;
+  (f) the minimal faust agent floor (``bench/faust_floor.py``: one agent per input topic doing
+      only ``async for batch in stream.take_events(1000, within=0.05): pass``, the worker's app
+      settings, faust's stock consumer), timed like (b) from the group's first stable
+      assignment to committed offsets at the end of both input topics;
+  (g) the same floor with the worker's consumer class (``faust_compat.CommitPointConsumer``,
+      no commit point: its per-record delivery only);
+  (r) (b) with the ``rocksdict://`` store;
+  (q) the Quix Streams reference app (``bench/quix_app.py``, the ``bench`` extra): normalize,
+      group_by message key through a repartition topic, ``streams.lifecycle.apply`` folded into
+      per-message RocksDB state with changelog; timed until its committed offsets reached the end
+      of the input and repartition topics.
 
-Prints events/s of each, the ratios b/a and c/b, worker CPU seconds (utime+stime from
+Prints events/s of each, the ratios b/a, c/b, worker/Quix (b/q, r/q) and worker/faust floor
+(b/f, r/f), worker CPU seconds (utime+stime from
 /proc/<pid>/stat) and peak RSS (VmHWM), the latency p50/p99, and writes everything to
 ``.bench/pipeline-<timestamp>.json``. ``--profile`` adds a separate (unmeasured) catch-up
 run sampled with py-spy and prints where the worker's time goes.
@@ -24,7 +36,7 @@ Every wait is bounded (``--phase-timeout``, default 900 s per phase); workers ar
 SIGTERM → SIGKILL of their own process group, and every topic the run created is deleted
 (``--keep-topics`` keeps them).
 
-    .venv/bin/python bench/bench_pipeline.py [--events 500000] [--skip-two] [--profile]
+    .venv/bin/python bench/bench_pipeline.py [--events 500000] [--phases abcfgqr] [--skip-two] [--profile]
 """
 from __future__ import annotations
 
@@ -312,10 +324,11 @@ def run_raw(bootstrap: str, topics: list[str], timeout_s: float) -> dict[str, An
 class WorkerRun:
     """N worker subprocesses of one fresh app id on the shared input topics (or on ``inputs``)."""
 
-    def __init__(self, label: str, n: int, ctx: "Ctx", inputs: tuple[str, str] | None = None) -> None:
+    def __init__(self, label: str, n: int, ctx: "Ctx", inputs: tuple[str, str] | None = None,
+                 store: str = "memory://") -> None:
         from tests.worker_harness import Worker, free_port, funnelwatch_bin, worker_env
 
-        self.label, self.ctx = label, ctx
+        self.label, self.ctx, self.store = label, ctx, store
         self.app_id = f"{ctx.prefix}-{label}"
         self.lifecycle_topic = f"{self.app_id}-lifecycle-events"
         self.t_as, self.t_ac = inputs or (ctx.t_as, ctx.t_ac)
@@ -327,7 +340,7 @@ class WorkerRun:
             env = worker_env(app_id=self.app_id, bootstrap=ctx.bootstrap, topics=self.topics,
                              data_dir=ctx.tmp / label / f"w{i}", web_port=free_port(),
                              publish_interval_s=10, topic_partitions=INPUT_PARTITIONS,
-                             extra={"FUNNELWATCH_LOG_LEVEL": ctx.log_level, "FUNNELWATCH_STORE": "memory://",
+                             extra={"FUNNELWATCH_LOG_LEVEL": ctx.log_level, "FUNNELWATCH_STORE": store,
                                     **ctx.code_env})
             # The production entry point (`funnelwatch worker`), also for a `--rev` export's code.
             self.workers.append(Worker(f"{label}-w{i}", env, ctx.tmp / label / f"w{i}.log",
@@ -477,6 +490,144 @@ async def catch_up(run: WorkerRun, kafka: Kafka, timeout_s: float, poll_s: float
             res["ingest_events_per_s"] = (b[1] - a[1]) / (b[0] - a[0])
         res["input_done_after_s"] = next((t for t, d, _ in samples if d >= total), t_end) - t0
         res["cpu_s_sum"] = sum(v for v in res["cpu_s"].values() if v is not None)
+        res["cpu_us_per_event"] = res["cpu_s_sum"] / total * 1e6
+    elif t0 is not None and samples:
+        t_last, done_last, _ = samples[-1]
+        res["partial"] = {"events_done": done_last, "seconds": t_last - t0,
+                          "events_per_s": done_last / (t_last - t0) if t_last > t0 else None}
+    res["samples"] = [(round(t - (t0 or t_spawn), 3), d, lc) for t, d, lc in samples]
+    return res
+
+
+class AppRun:
+    """One reference app (faust floor, Quix) as a subprocess of a fresh consumer group on the
+    shared input topics; stopped SIGTERM → SIGKILL of its process group like the workers."""
+
+    def __init__(self, label: str, ctx: "Ctx", argv: list[str], group: str,
+                 internal_prefix: str | None = None, changelog_prefix: str | None = None) -> None:
+        from tests.worker_harness import ManagedProcess
+
+        self.label, self.ctx, self.group = label, ctx, group
+        #: internal topics the group also consumes (Quix's ``repartition__<group>--...``): the
+        #: catch-up ends when their committed offsets have reached their ends too.
+        self.internal_prefix = internal_prefix
+        self.changelog_prefix = changelog_prefix  # its state changelog topics: records written, counted
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FUNNELWATCH_")}
+        env.update({"PYTHONUNBUFFERED": "1", **ctx.code_env})
+        self.proc = ManagedProcess(label, argv, ctx.tmp / label / f"{label}.log", env=env, inherit_env=False)
+        self.workers = [self.proc]
+
+    def start(self) -> float:
+        t = time.monotonic()
+        (self.ctx.tmp / self.label).mkdir(parents=True, exist_ok=True)
+        self.proc.start()
+        return t
+
+    def stop(self) -> None:
+        try:
+            self.proc.stop(timeout_s=15)
+        except Exception:  # noqa: BLE001
+            pass
+        if self.proc.log_path.exists():
+            logs = self.ctx.out_dir / f"logs-{self.ctx.stamp}"
+            logs.mkdir(exist_ok=True)
+            shutil.copy(self.proc.log_path, logs / self.proc.log_path.name)
+
+    def log_tails(self) -> str:
+        return f"--- {self.label}\n{self.proc.log_tail(25)}"
+
+
+async def group_assigned(kafka: Kafka, group: str) -> bool:
+    """The group is ``Stable`` with at least one member (its partitions are assigned)."""
+    try:
+        [resp] = await kafka.admin.describe_consumer_groups([group])
+    except Exception:  # noqa: BLE001 - coordinator not known yet
+        return False
+    for g in resp.groups:  # (error_code, group_id, state, protocol_type, protocol, members, ...)
+        if g[1] == group and g[0] == 0 and g[2] == "Stable" and g[5]:
+            return True
+    return False
+
+
+async def app_catch_up(run: AppRun, kafka: Kafka, timeout_s: float, poll_s: float) -> dict[str, Any]:
+    """:func:`catch_up` for a reference app: timed from the group's first stable assignment
+    (broker-side, polled every 50 ms) until its committed offsets reached the end of both
+    input topics and of its internal topics (``run.internal_prefix``). Same result keys."""
+    ctx = run.ctx
+    input_ends = ctx.input_ends
+    total = sum(input_ends.values())
+    res: dict[str, Any] = {"app_id": run.group, "workers": 1, "events": total}
+    name, pid = run.proc.name, None
+    t_spawn = run.start()
+    pid = run.proc.pid
+    deadline = t_spawn + timeout_s
+    samples: list[tuple[float, int, int | None]] = []
+    cpu0 = kcpu0 = None
+    host0 = self0 = 0.0
+    t0 = t_end = None
+    while True:
+        now = time.monotonic()
+        if now > deadline:
+            res["timeout"] = True
+            log(f"{run.label}: TIMEOUT after {timeout_s:.0f}s\n{run.log_tails()}")
+            break
+        if not run.proc.alive():
+            res["crashed"] = {name: run.proc.log_tail(40)}
+            log(f"{run.label}: exited\n{run.log_tails()}")
+            break
+        if t0 is None:
+            if await group_assigned(kafka, run.group):
+                t0 = time.monotonic()
+                cpu0, kcpu0 = proc_cpu_s(pid), proc_cpu_s(kafka_pid())
+                host0, self0 = host_busy_s(), proc_cpu_s(os.getpid()) or 0.0
+            else:
+                await asyncio.sleep(0.05)
+                continue
+        committed = await kafka.committed(run.group)
+        in_done = sum(min(committed.get(tp, 0), end) for tp, end in input_ends.items())
+        lag = None
+        if in_done >= total:
+            lag = 0
+            if run.internal_prefix:
+                internal = [t for t in await kafka.admin.list_topics() if t.startswith(run.internal_prefix)]
+                ends = await kafka.end_offsets(internal) if internal else {}
+                lag = sum(max(0, end - committed.get(tp, 0)) for tp, end in ends.items())
+                res["internal_topics"] = sorted(internal)
+        t = time.monotonic()
+        samples.append((t, in_done, lag))
+        if in_done >= total and lag == 0:
+            t_end = t
+            break
+        await asyncio.sleep(poll_s)
+    c = proc_cpu_s(pid)
+    if t_end is not None and run.changelog_prefix:
+        changelogs = [t for t in await kafka.admin.list_topics() if t.startswith(run.changelog_prefix)]
+        res["changelog_records"] = sum((await kafka.end_offsets(changelogs)).values()) if changelogs else 0
+    res["cpu_s_total"] = {name: c}
+    res["cpu_s"] = {name: c - cpu0 if c is not None and cpu0 is not None else None}
+    res["peak_rss_mb"] = {name: (proc_status_kb(pid, "VmHWM") or 0) / 1024}
+    kc = proc_cpu_s(kafka_pid())
+    res["broker_cpu_s"] = kc - kcpu0 if kc is not None and kcpu0 is not None else None
+    if t0 is not None:
+        busy = host_busy_s() - host0
+        res["bench_process_cpu_s"] = (proc_cpu_s(os.getpid()) or 0.0) - self0
+        res["host_busy_cpu_s"] = busy
+        res["other_processes_cpu_s"] = max(0.0, busy - (res["cpu_s"][name] or 0.0) - (res["broker_cpu_s"] or 0.0)
+                                           - res["bench_process_cpu_s"])
+    res["spawn_to_first_assignment_s"] = t0 - t_spawn if t0 else None
+    if t_end is not None:
+        dt = t_end - t0
+        res["seconds"] = dt
+        res["events_per_s"] = total / dt
+        res["events_per_s_from_spawn"] = total / (t_end - t_spawn)
+
+        def first(frac: float) -> tuple[float, int] | None:
+            return next(((t, d) for t, d, _ in samples if d >= frac * total), None)
+        a, b = first(0.10), first(0.90)
+        if a and b and b[0] > a[0]:
+            res["ingest_events_per_s"] = (b[1] - a[1]) / (b[0] - a[0])
+        res["input_done_after_s"] = next((t for t, d, _ in samples if d >= total), t_end) - t0
+        res["cpu_s_sum"] = res["cpu_s"][name] or 0.0
         res["cpu_us_per_event"] = res["cpu_s_sum"] / total * 1e6
     elif t0 is not None and samples:
         t_last, done_last, _ = samples[-1]
@@ -785,7 +936,11 @@ class Ctx:
         self.compare_env = self.export(args.compare, "compare") if args.compare else {}
 
     def export(self, rev: str, name: str) -> dict[str, str]:
-        """agents/ + streams/ of ``rev`` in a temp dir: the PYTHONPATH that runs them."""
+        """agents/ + streams/ of ``rev`` in a temp dir: the PYTHONPATH that runs them. A
+        directory holding ``agents/`` and ``streams/`` (e.g. a copy of the working tree with one
+        change undone) is used as it is."""
+        if (Path(rev) / "agents").is_dir() and (Path(rev) / "streams").is_dir():
+            return {"PYTHONPATH": str(Path(rev).resolve())}
         code = self.tmp / name
         code.mkdir()
         archive = subprocess.run(["git", "archive", rev, "agents", "streams"], cwd=ROOT,
@@ -815,17 +970,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-interval-s", type=float, default=0.05)
     p.add_argument("--funnel-poll-s", type=float, default=0.05)
     p.add_argument("--skip-two", action="store_true", help="skip (c), the two-worker run")
-    p.add_argument("--phases", default="abc", help="which of a, b, c to run (default abc)")
+    p.add_argument("--phases", default="abcfgqr",
+                   help="which phases to run (default all, abcfgqr): a raw aiokafka, b one worker (memory), "
+                        "c two workers, f minimal faust agent floor, g the same floor with the worker's "
+                        "consumer class, q Quix Streams reference app (bench/quix_app.py), "
+                        "r one worker with rocksdict")
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--profile", action="store_true", help="extra one-worker run sampled by py-spy (not timed)")
     p.add_argument("--profile-s", type=float, default=60.0, help="py-spy sampling time (60)")
     p.add_argument("--log-level", default="WARNING", help="FUNNELWATCH_LOG_LEVEL of the workers (WARNING)")
     p.add_argument("--rev", default=None,
-                   help="run workers and replay on agents/ + streams/ of this git revision (git archive into a "
-                        "temp dir, PYTHONPATH) instead of the working tree")
+                   help="run workers, replay and the floor apps on agents/ + streams/ of this git revision (git "
+                        "archive into a temp dir, PYTHONPATH; or of this directory, when it holds agents/ and "
+                        "streams/) instead of the working tree")
     p.add_argument("--compare", default=None, metavar="REV",
-                   help="also run (b) on agents/ + streams/ of this git revision, same input, same run, and "
-                        "print both (e.g. the commit before a change)")
+                   help="also run (b) on agents/ + streams/ of this git revision (or of this directory, "
+                        "when it holds agents/ and streams/), same input, same run, and print both "
+                        "(e.g. the commit before a change)")
     p.add_argument("--keep-topics", action="store_true")
     p.add_argument("--raw-consume-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--topics", help=argparse.SUPPRESS)
@@ -847,6 +1008,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out_path = ctx.out_dir / f"pipeline-{ctx.stamp}.json"
     runs: list[WorkerRun] = []
+    apps: list[AppRun] = []
     replay_proc = None
     try:
         # ---------------------------------------------------------------- data
@@ -926,8 +1088,8 @@ def main(argv: list[str] | None = None) -> int:
             result[corr] = asyncio.run(check_funnel(run, expected))
             log(f"{key}: /funnel vs replay: {'OK' if result[corr]['ok'] else 'MISMATCH'}")
 
-        def worker_phase(key: str, label: str, n: int) -> None:
-            run = WorkerRun(label, n, ctx)
+        def worker_phase(key: str, label: str, n: int, store: str = "memory://") -> None:
+            run = WorkerRun(label, n, ctx, store=store)
             runs.append(run)
             log(f"{key}: {n} worker(s) catching up ...")
             try:
@@ -936,9 +1098,53 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 run.stop()
 
+        def app_phase(key: str, label: str, argv: list[str], group: str, internal_prefix: str | None = None,
+                      changelog_prefix: str | None = None) -> None:
+            run = AppRun(label, ctx, argv, group, internal_prefix, changelog_prefix)
+            apps.append(run)
+            ctx.extra_groups.append(group)
+            log(f"{key}: {label} catching up ...")
+            try:
+                async def go() -> dict[str, Any]:
+                    async with Kafka(ctx.bootstrap) as kafka:
+                        return await app_catch_up(run, kafka, args.phase_timeout, args.poll_s)
+                res = asyncio.run(go())
+            finally:
+                run.stop()
+            result[key] = res
+            if "events_per_s" in res:
+                log(f"{key}: {res['events_per_s']:,.0f} events/s ({res['seconds']:.1f}s, "
+                    f"{fmt(res.get('cpu_us_per_event'), 1)} µs CPU/event"
+                    + (f"; {res['changelog_records']:,} changelog records" if "changelog_records" in res else "")
+                    + ")")
+            else:
+                part = res.get("partial") or {}
+                log(f"{key}: no lag-0 result ({'timeout' if res.get('timeout') else 'crashed'}; "
+                    f"partial {fmt(part.get('events_per_s'))} events/s)")
+
+        def floor_phase(key: str, label: str, consumer: str) -> None:
+            from tests.worker_harness import free_port
+
+            app_phase(key, label, [sys.executable, str(ROOT / "bench" / "faust_floor.py"), "--bootstrap",
+                                   ctx.bootstrap, "--topics", f"{ctx.t_as},{ctx.t_ac}", "--app-id",
+                                   f"{ctx.prefix}-{label}", "--data-dir", str(ctx.tmp / label / "data"),
+                                   "--partitions", str(INPUT_PARTITIONS), "--web-port", str(free_port()),
+                                   "--consumer", consumer], f"{ctx.prefix}-{label}")
+
+        # ---------------------------------------------------------------- (f), (g): faust floor
+        if "f" in args.phases:
+            phase("f_faust_floor", lambda: floor_phase("f_faust_floor", "floor", "faust"))
+        if "g" in args.phases:
+            phase("g_faust_floor_our_consumer",
+                  lambda: floor_phase("g_faust_floor_our_consumer", "floor-fw", "funnelwatch"))
+
         # ---------------------------------------------------------------- (b)
         if "b" in args.phases:
             phase("b_one_worker", lambda: worker_phase("b_one_worker", "1w", 1))
+        # ---------------------------------------------------------------- (r): (b) with rocksdict
+        if "r" in args.phases:
+            phase("r_one_worker_rocksdict",
+                  lambda: worker_phase("r_one_worker_rocksdict", "1w-rocksdict", 1, store="rocksdict://"))
         if args.compare:  # (b) again, same input, on the code of --compare
             own_env, ctx.code_env = ctx.code_env, ctx.compare_env
             try:
@@ -955,6 +1161,21 @@ def main(argv: list[str] | None = None) -> int:
         # ---------------------------------------------------------------- (c)
         if not args.skip_two and "c" in args.phases:
             phase("c_two_workers", lambda: worker_phase("c_two_workers", "2w", 2))
+
+        # ---------------------------------------------------------------- (q): Quix Streams
+        if "q" in args.phases:
+            def quix_phase() -> None:
+                import importlib.util
+
+                if importlib.util.find_spec("quixstreams") is None:
+                    raise RuntimeError("quixstreams not installed: .venv/bin/pip install -e '.[bench]' "
+                                       "(make bench does)")
+                group = f"{ctx.prefix}-quix"
+                app_phase("q_quix", "quix", [sys.executable, str(ROOT / "bench" / "quix_app.py"), "--bootstrap",
+                                             ctx.bootstrap, "--topics", f"{ctx.t_as},{ctx.t_ac}", "--group", group,
+                                             "--state-dir", str(ctx.tmp / "quix" / "state")],
+                          group, internal_prefix=f"repartition__{group}", changelog_prefix=f"changelog__{group}")
+            phase("q_quix", quix_phase)
 
         # ---------------------------------------------------------------- latency
         b_rate = (result.get("b_one_worker") or {}).get("events_per_s")
@@ -994,7 +1215,7 @@ def main(argv: list[str] | None = None) -> int:
         result["error"] = repr(exc)
         raise
     finally:
-        for r in runs:
+        for r in [*runs, *apps]:
             r.stop()
         if replay_proc is not None and replay_proc.poll() is None:
             replay_proc.kill()
@@ -1002,6 +1223,13 @@ def main(argv: list[str] | None = None) -> int:
         b = result.get("b_one_worker", {}).get("events_per_s")
         c = result.get("c_two_workers", {}).get("events_per_s")
         result["ratios"] = {"b_over_a": b / a if a and b else None, "c_over_b": c / b if b and c else None}
+        rates = {k[0]: result.get(k, {}).get("events_per_s") for k in
+                 ("f_faust_floor", "g_faust_floor_our_consumer", "r_one_worker_rocksdict", "q_quix")}
+        rates.update(a=a, b=b, c=c)
+        for num, den in (("b", "q"), ("r", "q"), ("b", "f"), ("r", "f"), ("g", "f"), ("f", "a"), ("q", "a"),
+                         ("q", "f"), ("r", "b")):
+            if rates.get(num) and rates.get(den):
+                result["ratios"][f"{num}_over_{den}"] = rates[num] / rates[den]
         if not args.keep_topics:
             async def cleanup() -> list[str]:
                 async with Kafka(ctx.bootstrap) as kafka:
@@ -1021,17 +1249,19 @@ def main(argv: list[str] | None = None) -> int:
                                           default=str))
         print_summary(result, out_path)
     if not all(result.get(k, {}).get("ok", True) for k in ("b_correctness", "b_correctness_compare",
-                                                           "c_correctness")):
+                                                           "r_correctness", "c_correctness")):
         return 1  # MISMATCH
     failed = [k for k in result if k.endswith("_error")] + [
-        k for k in ("b_one_worker", "c_two_workers") if k in result and "events_per_s" not in result[k]]
+        k for k in ("b_one_worker", "c_two_workers", "r_one_worker_rocksdict", "f_faust_floor",
+                    "g_faust_floor_our_consumer", "q_quix") if k in result and "events_per_s" not in result[k]]
     return 2 if failed else 0
 
 
 def print_summary(r: dict[str, Any], out_path: Path) -> None:
     d = r.get("data", {})
     a, b, c = r.get("a_raw", {}), r.get("b_one_worker", {}), r.get("c_two_workers", {})
-    code = (f"code of {r['git']['rev']} ({r['git']['rev_sha']})" if r["git"].get("rev") else
+    code = (f"code of {r['git']['rev']}" + (f" ({r['git']['rev_sha']})" if r["git"].get("rev_sha") else "")
+            if r["git"].get("rev") else
             f"working tree at {r['git']['head']}{' + uncommitted agents/streams' if r['git']['dirty_agents_streams'] else ''}")
     lines = ["", f"funnelwatch pipeline bench  ({r['host']['cpus']} CPUs; workers run the {code})",
              f"  input: {d.get('records', 0):,} records on 2 topics x {INPUT_PARTITIONS} partitions "
@@ -1041,9 +1271,13 @@ def print_summary(r: dict[str, Any], out_path: Path) -> None:
                      f"cpu {fmt(a.get('cpu_s'), 1)} s   peak RSS {fmt(a.get('peak_rss_mb'))} MB")
     bc = r.get("b_compare", {})
     compare = r["git"].get("compare")
-    for label, x in (("(b) one worker                  ", b),
+    for label, x in (("(f) minimal faust agent floor   ", r.get("f_faust_floor", {})),
+                     ("(g) floor, our consumer class   ", r.get("g_faust_floor_our_consumer", {})),
+                     ("(b) one worker                  ", b),
                      (f"(b) one worker, code of {compare}".ljust(32), bc),
-                     ("(c) two workers                 ", c)):
+                     ("(r) one worker, rocksdict       ", r.get("r_one_worker_rocksdict", {})),
+                     ("(c) two workers                 ", c),
+                     ("(q) Quix Streams reference app  ", r.get("q_quix", {}))):
         if not x:
             continue
         if "events_per_s" not in x:
@@ -1057,18 +1291,22 @@ def print_summary(r: dict[str, Any], out_path: Path) -> None:
         lines.append(f"  {label} {fmt(x['events_per_s'])} events/s   ({fmt(x['seconds'], 1)} s from first "
                      f"assignment to group lag 0; {fmt(x.get('events_per_s_from_spawn'))}/s from spawn)")
         lines.append(f"      input topics done after {fmt(x.get('input_done_after_s'), 1)} s (ingest stage "
-                     f"{fmt(x.get('ingest_events_per_s'))}/s), lifecycle topic drained "
+                     f"{fmt(x.get('ingest_events_per_s'))}/s), lifecycle (Quix: repartition) topics drained "
                      f"{fmt(x['seconds'] - x.get('input_done_after_s', x['seconds']), 1)} s later")
         lines.append(f"      worker CPU {cpu} s ({fmt(x.get('cpu_us_per_event'), 1)} µs/event)   "
                      f"peak RSS {rss} MB   broker CPU {fmt(x.get('broker_cpu_s'), 1)} s   "
                      f"other processes {fmt(x.get('other_processes_cpu_s'), 1)} s")
     ra = r.get("ratios", {})
     lines.append(f"  ratios: b/a = {fmt(ra.get('b_over_a'), 3)}   c/b = {fmt(ra.get('c_over_b'), 2)}")
+    if any(k in ra for k in ("b_over_q", "r_over_q", "b_over_f", "r_over_f", "g_over_f")):
+        lines.append(f"  worker/Quix: b/q = {fmt(ra.get('b_over_q'), 2)}   r/q = {fmt(ra.get('r_over_q'), 2)}   "
+                     f"worker/faust floor: b/f = {fmt(ra.get('b_over_f'), 2)}   r/f = {fmt(ra.get('r_over_f'), 2)}   "
+                     f"g/f = {fmt(ra.get('g_over_f'), 2)}   q/f = {fmt(ra.get('q_over_f'), 2)}")
     if b.get("cpu_us_per_event") and bc.get("cpu_us_per_event"):
         lines.append(f"  (b) vs {compare}: {b['events_per_s'] / bc['events_per_s']:.2f}x events/s, "
                      f"{b['cpu_us_per_event'] / bc['cpu_us_per_event']:.2f}x CPU per event")
     for label, key in (("(b)", "b_correctness"), ("(b) " + str(compare), "b_correctness_compare"),
-                       ("(c)", "c_correctness")):
+                       ("(r)", "r_correctness"), ("(c)", "c_correctness")):
         if key in r:
             k = r[key]
             ing = [int(m.get("ingested_records", 0)) for m in k["metrics"].values()]

@@ -1,4 +1,4 @@
-"""Contract of agents/faust_compat.py: every private faust/aiokafka attribute the worker relies
+"""Contract of agents/faust_compat (the package): every private faust/aiokafka attribute the worker relies
 on exists (a test per name, so an upgrade that drops one fails by name), the pins in
 pyproject are the versions the module is tested on, and the worker's consumer is the
 commit-point subclass installed through the public transport setter."""
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
                          ids=lambda x: str(x))
 def test_private_attribute_exists(path: str, attr: str) -> None:
     obj = faust_compat._resolve(path)
-    assert hasattr(obj, attr), f"{path}.{attr} is gone: agents/faust_compat.py needs it"
+    assert hasattr(obj, attr), f"{path}.{attr} is gone: agents/faust_compat needs it"
 
 
 def test_missing_names_nothing() -> None:
@@ -58,13 +58,20 @@ def _instance(pipeline, what: str):
             return AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9")
 
         return asyncio.run(make())
+    if what == "rocksdb_store":
+        import tempfile
+
+        from agents.pipeline import Pipeline
+        from agents.settings import Settings
+
+        return Pipeline(Settings(store="rocksdict://", data_dir=tempfile.mkdtemp())).messages.data
     raise AssertionError(what)
 
 
 @pytest.mark.parametrize("what,attr", [(w, a) for w, attrs in REQUIRED_INSTANCE.items() for a in attrs],
                          ids=lambda x: str(x))
 def test_instance_attribute_exists(pipeline, what: str, attr: str) -> None:
-    assert hasattr(_instance(pipeline, what), attr), f"{what}.{attr} is gone: agents/faust_compat.py needs it"
+    assert hasattr(_instance(pipeline, what), attr), f"{what}.{attr} is gone: agents/faust_compat needs it"
 
 
 def test_worker_consumer_commits_from_the_commit_point(pipeline) -> None:
@@ -99,14 +106,216 @@ def test_pyproject_pins_the_tested_versions() -> None:
 
 
 def test_no_private_faust_api_outside_the_compat_module() -> None:
-    """Private faust/aiokafka names appear in agents/faust_compat.py only."""
+    """Private faust/aiokafka names appear in the agents/faust_compat package only."""
     names = {a for attrs in [*REQUIRED.values(), *REQUIRED_INSTANCE.values()] for a in attrs if a.startswith("_")}
     pattern = re.compile(r"\.(%s)\b" % "|".join(map(re.escape, sorted(names))))
     offenders = []
     for path in sorted((ROOT / "agents").rglob("*.py")):
-        if path.name == "faust_compat.py":
+        if "faust_compat" in path.relative_to(ROOT).parts:
             continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if pattern.search(line) or "faust.streams import _" in line:
                 offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert offenders == []
+
+
+# ------------------------------------------------------------- per-record delivery
+
+
+def test_upstream_drain_loop_is_the_one_copied() -> None:
+    """CommitPointConsumer._drain_messages is faust's loop with one line changed: a faust whose
+    loop differs must be re-read (and the copy updated) before the pin moves."""
+    import hashlib
+    import inspect
+
+    from faust.transport.consumer import Consumer
+
+    src = inspect.getsource(Consumer._drain_messages)
+    assert hashlib.sha1(src.encode()).hexdigest() == faust_compat.delivery.UPSTREAM_DRAIN_MESSAGES_SHA1
+    assert "wait_first(\n                                callback(message), self.suspend_flow.wait()" in src
+
+
+def test_worker_consumer_overrides_the_drain_loop(pipeline) -> None:
+    consumer = pipeline.app.consumer
+    assert type(consumer)._drain_messages is faust_compat.CommitPointConsumer._drain_messages
+    assert "_drain_messages" not in vars(consumer) and "_deliver" not in vars(consumer)
+
+
+class _Msg:
+    def __init__(self, tp, offset: int) -> None:  # noqa: ANN001
+        self.tp, self.topic, self.offset, self.key, self.value = tp, tp.topic, offset, None, b"x"
+
+
+class _Fetcher:
+    def __init__(self) -> None:
+        import asyncio
+
+        self._stopped = asyncio.Event()
+
+
+def _drain(on_message, records: int = 10, *, flow_check: bool = False, timeout_s: float = 10.0,
+           as_task: bool = False):
+    """Run CommitPointConsumer._drain_messages over ``records`` fake records of one partition
+    (one getmany batch, then the fetcher stops). ``on_message(consumer, message)`` is the
+    conductor callback. ``flow_check``: the fake getmany stops yielding once flow is
+    suspended, as faust's does; without it only the delivery itself can refuse a record.
+    ``as_task``: the callback returns a task (an awaitable that is not a coroutine).
+    Returns (consumer, read offset of the partition)."""
+    import asyncio
+
+    import faust
+    from faust.types import TP
+
+    async def go():
+        app = faust.App("fw-compat-test", broker="kafka://127.0.0.1:9", store="memory://")
+        faust_compat.install_commit_transport(app)
+        consumer = app.consumer
+        tp = TP("t", 0)
+        fetcher = _Fetcher()
+        calls = 0
+
+        async def getmany(timeout: float):  # noqa: ARG001
+            nonlocal calls
+            calls += 1
+            if calls > 1:
+                fetcher._stopped.set()
+                return
+            for i in range(records):
+                if flow_check and not consumer.flow_active:
+                    break
+                yield tp, _Msg(tp, i)
+
+        async def callback(message):
+            return await on_message(consumer, message)
+
+        consumer.getmany = getmany  # test double on this instance only
+        consumer.callback = (lambda m: asyncio.ensure_future(callback(m))) if as_task else callback
+        await asyncio.wait_for(consumer._drain_messages(fetcher), timeout_s)
+        return consumer, consumer._read_offset[tp]
+
+    return asyncio.run(go())
+
+
+def test_delivery_in_order_without_a_task_per_record() -> None:
+    import asyncio
+
+    seen: list[int] = []
+    tasks: set = set()
+
+    async def on_message(consumer, message) -> None:  # noqa: ANN001
+        tasks.add(asyncio.current_task())
+        seen.append(message.offset)
+
+    _, read = _drain(on_message, 250)
+    assert seen == list(range(250))
+    assert read == 249
+    assert len(tasks) == 1  # delivered inline by the drain loop's own task: no task per record
+
+
+def test_delivery_that_waits_completes_before_the_next_record() -> None:
+    import asyncio
+
+    seen: list[tuple[str, int]] = []
+
+    async def on_message(consumer, message) -> None:  # noqa: ANN001
+        seen.append(("start", message.offset))
+        if message.offset % 3 == 0:
+            await asyncio.sleep(0.001)  # a full buffer: the rest runs raced against suspend_flow
+            await asyncio.sleep(0)
+        seen.append(("end", message.offset))
+
+    _drain(on_message, 12)
+    assert seen == [(w, i) for i in range(12) for w in ("start", "end")]
+
+
+def test_no_delivery_while_flow_is_suspended() -> None:
+    seen: list[int] = []
+
+    async def on_message(consumer, message) -> None:  # noqa: ANN001
+        seen.append(message.offset)
+        if message.offset == 2:
+            consumer.stop_flow()  # a rebalance starts
+
+    # The fake getmany keeps yielding: the delivery itself must refuse the rest.
+    consumer, _ = _drain(on_message, 10, flow_check=False)
+    assert seen == [0, 1, 2]
+    assert consumer.suspend_flow.is_set()
+
+
+def test_a_delivery_blocked_when_flow_is_suspended_is_cancelled() -> None:
+    import asyncio
+
+    seen: list[int] = []
+    cancelled: list[int] = []
+
+    async def on_message(consumer, message) -> None:  # noqa: ANN001
+        if message.offset == 1:
+            asyncio.get_running_loop().call_later(0.01, consumer.stop_flow)
+            try:
+                await asyncio.Event().wait()  # blocked (full buffer) until the rebalance
+            except asyncio.CancelledError:
+                cancelled.append(message.offset)
+                raise
+        seen.append(message.offset)
+
+    _drain(on_message, 5, flow_check=True)
+    assert seen == [0]
+    assert cancelled == [1]
+
+
+def test_a_callback_error_propagates() -> None:
+    async def on_message(consumer, message) -> None:  # noqa: ANN001
+        if message.offset == 3:
+            raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        _drain(on_message, 5)
+
+
+def test_a_callback_error_after_waiting_propagates() -> None:
+    import asyncio
+
+    async def on_message(consumer, message) -> None:  # noqa: ANN001
+        if message.offset == 3:
+            await asyncio.sleep(0)
+            raise ValueError("boom after wait")
+
+    with pytest.raises(ValueError, match="boom after wait"):
+        _drain(on_message, 5)
+
+
+def test_a_callback_that_is_not_a_coroutine_is_awaited_as_faust_does() -> None:
+    seen: list[int] = []
+
+    async def on_message(consumer, message) -> None:  # noqa: ANN001
+        seen.append(message.offset)
+
+    _drain(on_message, 20, as_task=True)
+    assert seen == list(range(20))
+
+
+def test_partition_items_and_slices_of_a_rocksdb_table(tmp_path) -> None:
+    """The rocksdb store's db of one partition is read alone, in key order, without faust's
+    offset key; a slice continues after a key; other stores answer None (the caller filters)."""
+    from agents.app import Partitioner
+    from agents.pipeline import Pipeline
+    from agents.settings import Settings
+
+    p = Pipeline(Settings(store="rocksdict://", data_dir=str(tmp_path)))
+    store = p.messages.data
+    part = Partitioner(4)
+    keys = {k: part(k) for k in (f"activity_sync|t|m{i}" for i in range(40))}
+    for k, n in keys.items():
+        store._db_for_partition(n).put(k.encode(), b"v" + k.encode())
+    store._db_for_partition(0).put(store.offset_key, b"17")
+    got = list(faust_compat.partition_items(p.messages, {0, 2}, part))
+    assert sorted(got) == sorted((n, k.encode(), b"v" + k.encode()) for k, n in keys.items() if n in (0, 2))
+    mine = sorted(k.encode() for k, n in keys.items() if n == 0)
+    first = faust_compat.partition_slice(p.messages, 0, None, 3)
+    assert [k for k, _ in first] == mine[:3]
+    rest = faust_compat.partition_slice(p.messages, 0, first[-1][0], 1000)
+    assert [k for k, _ in rest] == mine[3:]
+    assert faust_compat.partition_slice(p.messages, 0, mine[-1], 10) == []
+    assert faust_compat.partition_slice(p.messages, 3, None, 10) is not None
+    mem = Pipeline(Settings(store="memory://", data_dir=str(tmp_path / "m"))).messages
+    assert faust_compat.partition_slice(mem, 0, None, 10) is None

@@ -1,4 +1,5 @@
-"""Every use of private faust-streaming, aiokafka and aiohttp API, in one module.
+"""Every use of private faust-streaming, aiokafka and aiohttp API, in one package (this module
+and :mod:`.delivery`, the consumer's drain loop).
 
 The rest of ``agents/`` uses faust's public API only and reaches anything private through
 the functions and classes here. Each private name this module relies on is listed in
@@ -8,7 +9,7 @@ faust-streaming and aiokafka to :data:`TESTED_FAUST` / :data:`TESTED_AIOKAFKA`.
 
 Installed by subclassing where faust allows it: the app (:class:`WorkerApp`, for agent
 errors and the web driver), the transport's ``Consumer`` class (:class:`CommitPointConsumer`,
-for commits), set through the public ``app.transport`` setter, and the aiohttp web driver
+for commits and per-record delivery), set through the public ``app.transport`` setter, and the aiohttp web driver
 (:class:`HardenedWeb`: capped request lines and headers, JSON errors for malformed
 requests); no instance method is rebound.
 """
@@ -30,7 +31,8 @@ from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.web.drivers import aiohttp as faust_aiohttp
 
-from .http import MAX_HEADERS, MAX_LINE_BYTES, error_response
+from ..http import MAX_HEADERS, MAX_LINE_BYTES, error_response
+from .delivery import DirectDelivery
 
 log = logging.getLogger("funnelwatch")
 
@@ -40,7 +42,8 @@ TESTED_AIOKAFKA = ("0.14.0",)
 #: module:qualname -> private attributes used here (checked by :func:`missing`).
 REQUIRED: dict[str, tuple[str, ...]] = {
     "faust.transport.consumer:Consumer": ("_new_offset", "_filter_tps_with_pending_acks",
-                                          "_filter_committable_offsets"),
+                                          "_filter_committable_offsets", "_drain_messages", "_add_gap",
+                                          "_n_acked"),
     "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread": ("_ensure_consumer", "call_thread"),
     "faust.transport.drivers.aiokafka:Transport": ("Consumer",),
     "faust.app.base:App": ("_on_agent_error", "transport", "_fetcher", "_new_web"),
@@ -48,14 +51,17 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "aiohttp.web_server:Server": ("__call__",),
     "aiohttp.web_protocol:RequestHandler": ("handle_error",),
     "faust.streams": ("_current_event",),
+    "faust.stores.rocksdb:Store": ("_visible_items", "offset_key"),
 }
 #: instance attributes (set in ``__init__``) checked on a constructed object by the contract test.
 REQUIRED_INSTANCE: dict[str, tuple[str, ...]] = {
-    "consumer": ("_committed_offset", "_acked", "_acked_index", "_thread"),
+    "consumer": ("_committed_offset", "_acked", "_acked_index", "_thread", "_read_offset", "_commit_every",
+                 "_stopped"),
     "agent": ("_actors",),
     "supervisor": ("_services",),
     "aiokafka_consumer": ("_client",),
     "web": ("_runner",),
+    "rocksdb_store": ("_dbs",),
 }
 
 
@@ -203,7 +209,7 @@ class CommitSource(Protocol):
     next: Mapping[Hashable, int]  # TP -> next offset not yet processed
 
 
-class CommitPointConsumer(faust_aiokafka.Consumer):
+class CommitPointConsumer(DirectDelivery, faust_aiokafka.Consumer):
     """faust's aiokafka consumer committing the offsets of :attr:`commit_point`'s topics from it.
 
     faust acks records its stream skipped and books offset jumps as compaction gaps
@@ -211,6 +217,9 @@ class CommitPointConsumer(faust_aiokafka.Consumer):
     bookkeeping still runs (kept bounded); the offset it commits is the commit point's,
     and a partition whose commit point moved is committed even without new acks. Other
     topics (and every topic while no commit point is attached) keep faust's offsets.
+
+    It also hands records to the streams without faust's per-record ``wait_first``
+    (:meth:`_drain_messages`, :meth:`_deliver`), for every topic.
     """
 
     commit_point: CommitSource | None = None
@@ -284,3 +293,55 @@ def clear_current_event() -> None:
 async def fetch_all_metadata(consumer: Any) -> Any:
     """Cluster metadata of every topic from a plain (group-less) aiokafka consumer."""
     return await consumer._client.fetch_all_metadata()
+
+
+# --------------------------------------------------------------------------- table partitions
+def _partition_db(table: Any, partition: int) -> tuple[Any, Any] | None:
+    """``(store, db)`` of a rocksdb-backed table's partition (None: another store, or not open)."""
+    store = table.data
+    dbs = getattr(store, "_dbs", None)
+    if not isinstance(dbs, dict):
+        return None
+    return store, dbs.get(partition)
+
+
+def partition_items(table: Any, partitions: set[int], partition_of: Callable[[str], int]
+                    ) -> Iterator[tuple[int, bytes, bytes]]:
+    """``(partition, key, value)`` of the stored entries of ``partitions`` only. The rocksdb store
+    keeps a db per partition: only those dbs are read. Other stores (memory): every entry is
+    looked at, and those of other partitions left out."""
+    if not partitions:
+        return
+    first = _partition_db(table, next(iter(partitions)))
+    if first is None:
+        for key, value in table.data.items():
+            p = partition_of(key.decode())
+            if p in partitions:
+                yield p, key, value
+        return
+    store = first[0]
+    for p in sorted(partitions):
+        db = store._dbs.get(p)
+        if db is not None:
+            for key, value in store._visible_items(db):
+                yield p, key, value
+
+
+def partition_slice(table: Any, partition: int, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]] | None:
+    """Up to ``limit`` stored ``(key, value)`` of a rocksdb-backed table's ``partition`` after
+    ``after`` in key order (None: another store; the caller lists keys itself)."""
+    found = _partition_db(table, partition)
+    if found is None:
+        return None
+    store, db = found
+    if db is None:
+        return []
+    out: list[tuple[bytes, bytes]] = []
+    skip = store.offset_key
+    for key, value in (db.items(from_key=after) if after is not None else db.items()):
+        if key == after or key == skip:
+            continue
+        out.append((key, value))
+        if len(out) >= limit:
+            break
+    return out
