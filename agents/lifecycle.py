@@ -73,15 +73,10 @@ class Lifecycle:
         return self.table.get(key)
 
     async def agent(self, stream: Any) -> None:
-        try:
-            async for batch in stream.take_events(self.batch_max, within=self.within_s):
-                batch = self.commit.admit(batch)
-                if batch:
-                    await self.process(batch)
-        finally:
-            # Stopping (or crashing): the cached states go to the table, and so to the changelog
-            # before the producer stops; their records stay uncommitted (read again: duplicates).
-            self.revoke()
+        async for batch in stream.take_events(self.batch_max, within=self.within_s):
+            batch = self.commit.admit(batch)
+            if batch:
+                await self.process(batch)
 
     async def process(self, batch: list) -> None:
         generation = self._generation
