@@ -37,7 +37,6 @@ class CommitPoint:
         self.tracker = OffsetTracker()
         self.next = self.tracker.next  # what the consumer commits (faust_compat.CommitSource)
         self.accepting = False  # records may be processed (set by the rebalance sequence)
-        self._processed: dict[Any, int] = {}  # TP -> past the last record processed (maybe not yet settled)
         self._seeks_logged: set[tuple[Any, int]] = set()
         self._stalls_logged: set[tuple[Any, int]] = set()
         self._progress_at: dict[Any, tuple[int, float]] = {}  # TP -> (commit point, monotonic time it moved)
@@ -50,7 +49,6 @@ class CommitPoint:
         """Revoked: forget every partition (their records are re-read by whoever owns them next)."""
         self.accepting = False
         self.tracker.reset()
-        self._processed.clear()
         self._progress_at.clear()
 
     def admit(self, batch: list) -> list:
@@ -68,15 +66,6 @@ class CommitPoint:
             if event.message.tp not in assigned:
                 return [e for e in batch if e.message.tp in assigned]
         return batch
-
-    def processed(self, batch: list) -> None:
-        """Records processed (their effects derived, their alerts sent) whose settling waits
-        for their states' table write: they no longer count as lag."""
-        done = self._processed
-        for event in batch:
-            msg = event.message
-            if done.get(msg.tp, -1) <= msg.offset:
-                done[msg.tp] = msg.offset + 1
 
     async def settle(self, batch: list) -> None:
         """Account for a processed batch: advance each partition's commit point over the
@@ -173,9 +162,6 @@ class CommitPoint:
         if hw is None:
             return 0
         nxt = self.next.get(tp)
-        done = self._processed.get(tp)
-        if done is not None and (nxt is None or done > nxt):
-            nxt = done
         if nxt is not None:
             return max(0, hw - nxt)
         committed = faust_compat.committed_offset(consumer, tp)  # next offset to read, as committed

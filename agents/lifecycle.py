@@ -2,24 +2,14 @@
 message key, then its effects, in this order:
 
 1. alerts sent, and acked by Kafka (:class:`~agents.alerts.AlertSender`);
-2. the state written to the table or deleted, and each campaign name that wins over the
-   stored one written to the names table (SPEC §11);
+2. the state written to the table (one changelog record per key per batch) or deleted, and
+   each campaign name that wins over the stored one written to the names table (SPEC §11);
 3. the batch settled at the commit point.
-
-Table writes are coalesced like Kafka Streams' record cache: with ``flush_interval_s`` > 0
-the new states wait in a write cache (reads look there first) and the batches that produced
-them wait unsettled; a flush, at most ``flush_interval_s`` after the oldest (or at
-``flush_max_keys`` states), writes each key once - one changelog record however many batches
-changed it - and only then settles those batches. So the commit point never passes a record
-whose state is not in the table. A crash loses the cache and the uncommitted records are read
-again (at least once, as before); alerts are still acked before the state that marks them
-goes anywhere (the cache holds bytes, never a state a step may still change).
 
 Derived state (funnel share, indexes), the alert book and metrics follow each step at once.
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 import orjson
@@ -41,15 +31,8 @@ class Lifecycle:
 
     def __init__(self, table: Any, cfg: StepConfig, derived: DerivedState, book: AlertBook, sender: AlertSender,
                  commit: CommitPoint, metrics: Any, batch_max: int, within_s: float,
-                 clock: Callable[[], int] = now_us, names_table: Any = None, flush_interval_s: float = 0.0,
-                 flush_max_keys: int = 50_000) -> None:
+                 clock: Callable[[], int] = now_us, names_table: Any = None) -> None:
         self.table = table
-        self.flush_interval_s = flush_interval_s
-        self.flush_max_keys = flush_max_keys
-        self._dirty: dict[bytes, tuple[bytes | None, Any]] = {}  # key -> (state bytes or None: delete, its record)
-        self._unsettled: list[Any] = []  # records processed, waiting for their states' flush
-        self._oldest = 0.0  # monotonic time the oldest unsettled batch was processed
-        self._generation = 0  # bumped by :meth:`revoke`
         self.names_table = names_table
         self.cfg = cfg
         self.derived = derived
@@ -62,15 +45,8 @@ class Lifecycle:
         self.clock = clock
 
     def load(self, key: bytes) -> MessageState | None:
-        raw = self.load_bytes(key)
+        raw = self.table.get(key)
         return MessageState.from_bytes(raw) if raw else None
-
-    def load_bytes(self, key: bytes) -> bytes | None:
-        """A message's stored state: the write cache's if it holds the key, else the table's."""
-        cached = self._dirty.get(key)
-        if cached is not None:
-            return cached[0]
-        return self.table.get(key)
 
     async def agent(self, stream: Any) -> None:
         async for batch in stream.take_events(self.batch_max, within=self.within_s):
@@ -79,7 +55,6 @@ class Lifecycle:
                 await self.process(batch)
 
     async def process(self, batch: list) -> None:
-        generation = self._generation
         # key -> [(op, event)]: bundles are unpacked; every entry of a bundle belongs to the
         # bundle's partition, as do the check/expire records keyed by message key.
         groups: dict[bytes, list] = {}
@@ -110,6 +85,7 @@ class Lifecycle:
                     groups[event.key] = [(op, event)]
                 else:
                     g.append((op, event))
+        table = self.table
         writes: list[tuple[bytes, bytes | None, Any]] = []
         for key, ops in groups.items():
             fx = await self._step(key, ops)
@@ -121,49 +97,6 @@ class Lifecycle:
         # Alerts are acked before the state marks that record them land: a crash never loses
         # one; marks it loses are re-read by the next owner (agents.alerts.reconcile).
         await self.sender.flush()
-        if names:
-            self._write_names(names)
-        if generation != self._generation:  # revoked meanwhile: written now, settled by no one
-            self._write(writes)
-            return
-        dirty = self._dirty
-        for key, value, event in writes:
-            dirty[key] = (value, event)
-        if not self._unsettled:
-            self._oldest = time.monotonic()
-        self._unsettled.extend(batch)
-        self.commit.processed(batch)
-        if (self.flush_interval_s <= 0 or len(dirty) >= self.flush_max_keys
-                or time.monotonic() - self._oldest >= self.flush_interval_s):
-            await self.flush()
-
-    async def flush(self) -> None:
-        """Write the cached states (each key once), then settle the batches that made them."""
-        if not self._unsettled and not self._dirty:
-            return
-        dirty, self._dirty = self._dirty, {}
-        records, self._unsettled = self._unsettled, []
-        self._write((key, value, event) for key, (value, event) in dirty.items())
-        if records:
-            await self.commit.settle(records)
-
-    async def flush_due(self) -> None:
-        """Timer: flush when the oldest unsettled batch has waited ``flush_interval_s``."""
-        if self._unsettled and time.monotonic() - self._oldest >= self.flush_interval_s:
-            await self.flush()
-
-    def revoke(self) -> None:
-        """Partitions are being revoked (nothing is processed until the rebalance ends): the cached
-        states go to the table now - their partitions are still this worker's, and a kept
-        partition's derived state already counts them; the batches stay unsettled, so their
-        records are read again (duplicates then) by whoever owns them next."""
-        self._generation += 1
-        dirty, self._dirty = self._dirty, {}
-        self._unsettled = []
-        self._write((key, value, event) for key, (value, event) in dirty.items())
-
-    def _write(self, writes: Any) -> None:
-        table = self.table
         for key, value, event in writes:
             # Table writes go to the changelog partition of the "current event": make it this
             # key's own record (take_events leaves it at the batch's last event).
@@ -172,7 +105,10 @@ class Lifecycle:
                 table.pop(key, None)
             else:
                 table[key] = value
+        if names:
+            self._write_names(names)
         faust_compat.clear_current_event()
+        await self.commit.settle(batch)
 
     def _write_names(self, names: dict[str, tuple[int, str, Any]]) -> None:
         """Names that win over the known ones: to the names table (in the partition of their

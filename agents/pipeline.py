@@ -79,7 +79,7 @@ class Pipeline:
                                  within_s=s.batch_within_s, dead_letter_ack_timeout_s=s.dead_letter_ack_timeout_s)
         self.lifecycle = Lifecycle(self.messages, self.step_config, self.derived, self.book, self.sender,
                                    self.commit, self.metrics, s.batch_max_events, s.batch_within_s,
-                                   names_table=self.names, flush_interval_s=s.table_flush_interval_s)
+                                   names_table=self.names)
         self.peers = Peers(self.app, s)
         self.windows = Windows(lambda: self.derived.share, self.peers, t.windows, s.window_retention_s, now_us,
                                lambda: self.derived.names)
@@ -99,20 +99,14 @@ class Pipeline:
         app.agent(t.events, name="lifecycle")(self.lifecycle.agent)
         app.timer(s.alert_tick_s, name="deadlines")(self.timers.tick)
         app.timer(s.publish_interval_s, name="publish-windows")(self.timers.publish_windows)
-        if s.table_flush_interval_s > 0:
-            app.timer(min(s.table_flush_interval_s, 0.5), name="table-flush")(self._flush_due)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_rebalance_complete.connect(self._on_rebalance_complete)
         self.health = web.register(web.WebDeps(
             settings=s, app=app, registry=self.registry, peers=self.peers, windows=self.windows, slas=self.slas,
             window_us=self.step_config.window_us, table_name=self.messages.name,
-            ingress_topic=t.altcraft.get_topic_name(), ready=lambda: self.ready, load=self.lifecycle.load_bytes,
+            ingress_topic=t.altcraft.get_topic_name(), ready=lambda: self.ready, load=self.messages.get,
             open_alerts=lambda: self.book.open.values(), is_open=self.book.open.__contains__,
             inflight=lambda: self.derived.inflight, lags=self.commit.lags))
-
-    async def _flush_due(self) -> None:
-        if self.commit.accepting:
-            await self.lifecycle.flush_due()
 
     def _tenant_label(self, tenant: str) -> str:
         return "other" if self.metrics.tenants.is_overflowing(tenant) else tenant
@@ -129,7 +123,6 @@ class Pipeline:
 
     async def _on_revoked(self, *args: Any, **kwargs: Any) -> None:
         # Sent after faust's last commit of the revoked partitions (from the commit point).
-        self.lifecycle.revoke()
         self.commit.reset()
 
     async def _on_rebalance_complete(self, *args: Any, **kwargs: Any) -> None:

@@ -112,9 +112,6 @@ class Settings(BaseSettings):
     publish_interval_s: float = Field(10.0, gt=0)
     alert_max_lag: int = Field(1000, ge=0)
     alert_tick_s: float = Field(1.0, gt=0)
-    # Message states are written to the table (and its changelog) once per key per this
-    # interval (a write cache, as Kafka Streams' record cache); 0: once per key per batch.
-    table_flush_interval_s: float = Field(1.0, ge=0)
     # Message states past ``message_retention_s`` are found by sweeping each owned partition's
     # store in slices, each partition once per this period (at most half the retention): no
     # index entry in RAM per message.

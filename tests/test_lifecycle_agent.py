@@ -60,10 +60,6 @@ class PartitionedTable:
 class Commit:
     def __init__(self) -> None:
         self.settled: list[int] = []
-        self.processed_offsets: list[int] = []
-
-    def processed(self, batch: list) -> None:
-        self.processed_offsets += [e.message.offset for e in batch]
 
     async def settle(self, batch: list) -> None:
         self.settled += [e.message.offset for e in batch]
@@ -168,49 +164,3 @@ def test_campaign_bundles_carry_campaigns_and_names_into_their_partitions() -> N
                          AlertBook(metrics, SlaTable())) == (3, 0)
     assert other.names.name("acme", "flow:a") == "Flow A" and other.inflight == 3
     assert other.share.campaigns() == share.campaigns()
-
-
-
-def test_write_cache_writes_each_key_once_per_flush_and_settles_only_after_it() -> None:
-    """Coalesced table writes: states wait in the cache (reads see them), their batches wait
-    unsettled; a flush writes each key once, then settles. A revoke writes the cache and
-    settles nothing; a batch that finishes after a revoke writes at once and settles nothing."""
-    part = Partitioner(N_PARTS)
-    table = PartitionedTable()
-    metrics = Metrics(CollectorRegistry(), 50)
-    cfg = StepConfig(window_us=3600 * 10**6, retention_us=7 * 86400 * 10**6, slas=SlaTable())
-    share = FunnelShares()
-    derived = DerivedState(cfg, metrics, share, FunnelCollector(share, lambda t: t), part)
-    commit = Commit()
-    lc = Lifecycle(table, cfg, derived, AlertBook(metrics, SlaTable()), AlertSender(None, metrics), commit, metrics,
-                   1000, 0.05, clock=lambda: T0, flush_interval_s=3600.0)
-    codes = [AS_LIFECYCLE[k].code for k in ("outbound-sms", "message-sent", "message-delivered")]
-    keys = [message_key("activity_sync", "acme", f"m{i}") for i in range(12)]
-
-    def run(coro_fn: Any) -> None:
-        async def go() -> None:
-            await coro_fn()
-        asyncio.run(go())
-
-    for n, code in enumerate(codes[:2]):
-        batch = [bundle_event(part(k), 10 * n + i, [[k, code, T0 + n]]) for i, k in enumerate(keys)]
-        run(lambda batch=batch: lc.process(batch))
-    sets = [k for op, k, _ in table.seen if op == "set"]
-    assert sets == [] and commit.settled == [] and len(commit.processed_offsets) == 2 * len(keys)
-    assert [c for _, c in lc.load(keys[0].encode()).events] == codes[:2]  # reads see the cache
-    run(lc.flush)
-    sets = [k for op, k, _ in table.seen if op == "set"]
-    assert sorted(sets) == sorted(k.encode() for k in keys)  # once per key for both batches
-    assert sorted(commit.settled) == sorted(list(range(12)) + list(range(10, 22)))
-    for k in keys:
-        assert [c for _, c in MessageState.from_bytes(table.parts[part(k)][k.encode()]).events] == codes[:2]
-    # A revoke: the cache goes to the table, nothing more is settled.
-    batch = [bundle_event(part(k), 40 + i, [[k, codes[2], T0 + 5]]) for i, k in enumerate(keys)]
-    run(lambda: lc.process(batch))
-    settled = list(commit.settled)
-    lc.revoke()
-    assert commit.settled == settled
-    for k in keys:
-        assert [c for _, c in MessageState.from_bytes(table.parts[part(k)][k.encode()]).events] == codes
-    run(lc.flush)
-    assert commit.settled == settled
