@@ -66,7 +66,7 @@ class AlertBook:
         parts = split_message_key(key.decode())
         bits = self.published.get(key)
         if bits:
-            st = MessageState(st.events, st.alerted | sum(bits), st.touched_us)
+            st = MessageState(st.events, st.alerted | sum(bits), st.touched_us, st.campaign, st.campaign_ts)
         if s is None:
             s = summarize(parts[0], st.events, st.campaign)
         found = [a for a in bits.values() if a.get("type") == "stuck"] if bits else []

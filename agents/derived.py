@@ -105,6 +105,7 @@ class DerivedState:
         partition_of = self.partition_of
         book.keep_open(lambda key: partition_of(key.decode()) in kept_parts)  # new partitions' rows: from the scan
         cfg = self.cfg
+        published = book.published
         n = 0
         for p in new:
             self.share.part(p)
@@ -121,7 +122,8 @@ class DerivedState:
             d = pending_deadline(s, tenant, st.alerted, cfg.slas)  # marks not yet written: their check writes them
             if d is not None:
                 self.deadlines.schedule(k, d.deadline_us, d.stage)
-            book.set_open(key, book.open_from_state(key, st, s))
+            if st.alerted or key in published:  # else no open row (the scan's partitions have none yet)
+                book.set_open(key, book.open_from_state(key, st, s))
             self._inflight[p] += 1
             n += 1
         for p, key, raw in names_of(new):

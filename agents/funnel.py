@@ -71,8 +71,22 @@ class FunnelShare:
             self.dirty.add((w, tenant, ch))
 
     def add_summary(self, tenant: str, s: Summary, window_us: int, touched_us: int) -> None:
-        self.apply(s.source, [((s.window_start_us(window_us), tenant, s.channel, s.campaign), s.vector())],
-                   touched_us)
+        """Add one stored message's contribution (the rebuild's path: :meth:`apply` of its vector,
+        without building a delta)."""
+        w = s.entry_us // window_us * window_us
+        ch = s.channel
+        k = (w, s.source, tenant, ch, s.campaign)
+        acc = self.rows.get(k)
+        if acc is None:
+            self.rows[k] = list(s.vector())
+        else:
+            for i, x in enumerate(s.vector()):
+                if x:
+                    acc[i] += x
+        row = (w, tenant, ch)
+        if self.touched.get(row, -1) < touched_us:
+            self.touched[row] = touched_us
+        self.dirty.add(row)
 
     def windows(self, *, tenant: str | None = None, channel: str | None = None,
                 from_us: int | None = None, to_us: int | None = None,

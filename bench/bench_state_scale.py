@@ -191,6 +191,12 @@ def rebuilt(w: Any) -> list[int]:
     return [int(m) for m in re.findall(r"rebuilt derived state from (\d+) owned messages", w.log_text())]
 
 
+def rebuild_rates(w: Any) -> list[tuple[int, float, float | None]]:
+    """``(messages, seconds, messages/s)`` of each rebuild the worker logged (with its time)."""
+    return [(int(n), float(t), int(n) / float(t) if float(t) > 0 else None)
+            for n, t in re.findall(r"rebuilt derived state from (\d+) owned messages in ([\d.]+)s", w.log_text())]
+
+
 def measure(n: int, args: argparse.Namespace, stamp: str) -> dict[str, Any]:
     app_id = f"fwscale-{stamp}-{n}"
     tmp = Path(tempfile.mkdtemp(prefix="fwscale-"))
@@ -232,6 +238,7 @@ def measure(n: int, args: argparse.Namespace, stamp: str) -> dict[str, Any]:
         res["restart_ready_s"] = wait(lambda: ready(w0), args.timeout, "restart ready")
         res["restart_rss_mb"] = rss_mb(w0.pid)
         res["restart_funnel_ok"] = funnel_ok(w0, expected)
+        res["restart_rebuild"] = rebuild_rates(w0)
 
         log("rebalance: a second worker joins ...")
         before = len(rebuilt(w0))
@@ -247,6 +254,7 @@ def measure(n: int, args: argparse.Namespace, stamp: str) -> dict[str, Any]:
         res["rebalance_funnel_ok"] = True
         res["rebalance_rss_mb"] = {"kept": rss_mb(w0.pid), "joined": rss_mb(w1.pid)}
         res["rebalance_rebuilt"] = {"kept": rebuilt(w0)[before:], "joined": rebuilt(w1)}
+        res["rebalance_rebuild"] = {"kept": rebuild_rates(w0), "joined": rebuild_rates(w1)}
     except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
         res["error"] = repr(exc)
         log(f"N={n:,}: {exc!r}")
@@ -289,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{' / '.join(fmt(x, 0) for x in (r.get('first_start_rss_mb'), r.get('restart_rss_mb'), rss.get('kept'), rss.get('joined'))):>34} "
               f"{('yes' if ok else 'NO'):>15}" + (f"  error: {r['error']}" if r.get("error") else ""))
     print(f"(rebuilt messages logged: {[ (r['messages'], r.get('rebalance_rebuilt')) for r in results ]})")
+    for r in results:
+        rates = [x for x in (r.get("restart_rebuild") or []) + (r.get("rebalance_rebuild") or {}).get("joined", [])
+                 if x[0] > 0 and x[2]]
+        if rates:
+            print(f"{r['messages']:>10,}: rebuild scans of newly owned partitions: " +
+                  ", ".join(f"{n:,} in {t:.2f}s ({v:,.0f}/s)" for n, t, v in rates))
     print(f"saved {out}")
     return 0 if all(not r.get("error") for r in results) else 1
 
