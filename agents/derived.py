@@ -42,11 +42,12 @@ class DerivedState:
         self.deadlines = PartitionedDeadlines(partition_of)
         self.owned: set[int] = set()  # partitions whose part is built
         self._inflight: dict[int, int] = {}
+        self._inflight_total = 0  # Σ _inflight, kept as it changes (read per step)
         self._names: dict[int, CampaignNames] = {}
 
     @property
     def inflight(self) -> int:
-        return sum(self._inflight.values())
+        return self._inflight_total
 
     def sizes(self) -> dict[int, int]:
         """Stored message states per owned partition."""
@@ -67,7 +68,8 @@ class DerivedState:
                 self.deadlines.schedule(key, d.deadline_us, d.stage)
         if fx.inflight_delta:
             self._inflight[p] = self._inflight.get(p, 0) + fx.inflight_delta
-            self.metrics.inflight_set(self.inflight)
+            self._inflight_total += fx.inflight_delta
+            self.metrics.inflight_set(self._inflight_total)
 
     # ------------------------------------------------------------------ campaign names
     def name_of(self, tenant: str, campaign: str) -> tuple[int, str] | None:
@@ -132,5 +134,6 @@ class DerivedState:
                 ts, name = unpack_name(raw)
                 self._names[p].note(tenant, campaign, ts, name)
         self.owned = set(active)
-        self.metrics.inflight_set(self.inflight)
+        self._inflight_total = sum(self._inflight.values())
+        self.metrics.inflight_set(self._inflight_total)
         return n, kept
