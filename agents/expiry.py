@@ -27,7 +27,6 @@ class ExpirySweep:
         self.sweep_s = min(sweep_s, max(retention_us / 2e6, tick_s))  # at most half the retention
         self.tick_s = tick_s
         self.cursors: dict[int, bytes | None] = {}
-        self.sweeps = 0  # full passes over a partition completed (for tests and logs)
 
     def keep(self, partitions: Iterable[int]) -> None:
         """Own exactly ``partitions`` (after a rebalance): new ones are swept from their start."""
@@ -48,7 +47,6 @@ class ExpirySweep:
                     out.append(key)
             if len(items) < limit:  # the end: the next slice starts over
                 self.cursors[p] = None
-                self.sweeps += 1
             else:
                 self.cursors[p] = items[-1][0]
         return out

@@ -19,7 +19,7 @@ import orjson
 from aiokafka.errors import KafkaTimeoutError
 
 from streams.alerts import campaign_error_alert
-from streams.campaigns import name_wins, names_key
+from streams.campaigns import CampaignNames, names_key
 from streams.events import CanonicalEvent, Ignored, NonLifecycle, Rejected
 from streams.kinds import known_kind, metric_kind
 from streams.normalize import normalize
@@ -71,7 +71,7 @@ class Ingest:
         max_bytes = self.max_event_bytes
         partition_of = self.partition_of
         bundles: dict[int, dict[str, list]] = {}
-        names: dict[str, tuple[int, str]] = {}  # names key -> the latest (ts_us, name) of the batch
+        names = CampaignNames()  # the latest name per campaign of the batch
         dead: list[DeadLetterSent] = []
         for event in batch:
             raw = event.value if event.value is not None else b""
@@ -88,16 +88,17 @@ class Ingest:
                     entries[k] = [k, out.kind.code, out.ts_us, out.campaign]
                 else:
                     rec += (out.kind.code, out.ts_us, out.campaign)
-                if out.campaign_name is not None:
-                    _note_name(names, out.tenant, out.campaign, out.ts_us, out.campaign_name)
+                if out.campaign_name is not None and out.campaign is not None:
+                    names.note(out.tenant, out.campaign, out.ts_us, out.campaign_name)
             else:
                 if type(out) is NonLifecycle and out.campaign_name is not None and out.campaign is not None:
-                    _note_name(names, out.tenant, out.campaign, out.ts_us, out.campaign_name)
+                    names.note(out.tenant, out.campaign, out.ts_us, out.campaign_name)
                 sent = await self._other(out, raw, event.message, topic_name)
                 if sent is not None:
                     dead.append(sent)
         by_part: dict[int, list[list]] = {}
-        for nk, (ts, name) in names.items():
+        for (tenant, campaign), (ts, name) in names.names.items():
+            nk = names_key(tenant, campaign)
             by_part.setdefault(partition_of(nk), []).append([nk, ts, name])
         send = self.app.producer.send
         for part in bundles.keys() | by_part.keys():
@@ -169,14 +170,6 @@ class Ingest:
             dlq = self.topics.dead_letters
             resent = [(await dlq.send(key=k, value=v, headers=h), (k, v, h)) for _, (k, v, h) in failed]
             sent = [(f, args) for f, args in sent if f in pending] + resent
-
-
-def _note_name(names: dict[str, tuple[int, str]], tenant: str, campaign: str | None, ts_us: int, name: str) -> None:
-    if campaign is None:
-        return
-    nk = names_key(tenant, campaign)
-    if name_wins(ts_us, name, names.get(nk)):
-        names[nk] = (ts_us, name)
 
 
 def _transient(exc: BaseException | None) -> bool:

@@ -15,7 +15,6 @@ and the campaign rows of the funnel. Pure: no I/O, no clock.
 from __future__ import annotations
 
 import struct
-from typing import Iterable, Mapping
 
 from .events import _esc, _unesc
 
@@ -24,7 +23,6 @@ ALTCRAFT = "altcraft:"
 
 #: (tenant, campaign) -> (ts_us, name) of the event that names it.
 NameEntry = tuple[int, str]
-CampaignRowKey = tuple[int, str, str, "str | None"]  # (window_start_us, tenant, channel, campaign)
 
 
 def activity_sync_campaign(obj: dict) -> tuple[str | None, str | None]:
@@ -99,10 +97,6 @@ class CampaignNames:
         e = self.names.get((tenant, campaign))
         return e[1] if e is not None else None
 
-    def update(self, other: Mapping[tuple[str, str], NameEntry]) -> None:
-        for (tenant, campaign), (ts, name) in other.items():
-            self.note(tenant, campaign, ts, name)
-
 
 _NAME_TS = struct.Struct("<q")
 
@@ -124,25 +118,3 @@ def names_key(tenant: str, campaign: str) -> str:
 def split_names_key(key: str) -> tuple[str, str]:
     tenant, campaign = key.split("|")
     return _unesc(tenant), _unesc(campaign)
-
-
-def campaign_sort_key(key: CampaignRowKey) -> tuple:
-    """SPEC §11 row order: ``(window_start, tenant, channel, campaign)`` with ``null`` first."""
-    w, tenant, channel, campaign = key
-    return (w, tenant, channel, campaign is not None, campaign or "")
-
-
-def campaign_rows(funnel: Mapping[CampaignRowKey, Iterable[int]], names: CampaignNames,
-                  row: "callable") -> list[dict]:
-    """SPEC §11 ``campaigns`` rows: ``row((w, tenant, channel), vector)`` (the §9 row) plus
-    ``campaign`` and ``campaign_name``; rows with ``entered == 0`` left out."""
-    out = []
-    for k in sorted(funnel, key=campaign_sort_key):
-        vec = list(funnel[k])
-        if vec[0] == 0:
-            continue
-        r = row(k[:3], vec)
-        r["campaign"] = k[3]
-        r["campaign_name"] = names.name(k[1], k[3])
-        out.append(r)
-    return out

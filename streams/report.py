@@ -13,7 +13,7 @@ from typing import IO, Iterable
 
 import orjson
 
-from .campaigns import CampaignNames, campaign_rows
+from .campaigns import CampaignNames
 from .events import CanonicalEvent, Ignored, NonLifecycle, Rejected, message_key
 from .kinds import DELIVERED
 from .lifecycle import VECTOR_FIELDS, CampaignKey, MessageState, RowKey, Summary, summarize
@@ -50,8 +50,19 @@ def window_rows(funnel: dict[RowKey, list[int] | tuple[int, ...]] | dict[Campaig
 
 
 def campaign_report_rows(funnel: dict[CampaignKey, list[int]], names: CampaignNames) -> list[dict]:
-    """SPEC §11 ``campaigns`` rows of a funnel keyed by ``(w, tenant, channel, campaign)``."""
-    return campaign_rows(funnel, names, window_row)
+    """SPEC §11 ``campaigns`` rows of a funnel keyed by ``(w, tenant, channel, campaign)``: the §9
+    row plus ``campaign`` and ``campaign_name``, sorted by ``(window_start, tenant, channel,
+    campaign)`` with ``null`` first; rows with ``entered == 0`` left out."""
+    out = []
+    for k in sorted(funnel, key=lambda k: (k[0], k[1], k[2], k[3] is not None, k[3] or "")):
+        vec = funnel[k]
+        if vec[0] == 0:
+            continue
+        r = window_row(k[:3], vec)  # type: ignore[arg-type]
+        r["campaign"] = k[3]
+        r["campaign_name"] = names.name(k[1], k[3])
+        out.append(r)
+    return out
 
 
 class Replay:
