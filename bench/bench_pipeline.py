@@ -476,26 +476,8 @@ async def catch_up(run: WorkerRun, kafka: Kafka, timeout_s: float, poll_s: float
     res["spawn_to_first_assignment_s"] = t0 - t_spawn if t0 else None
     res["assigned_after_s"] = {k: v - t_spawn for k, v in assigned.items()}
     res["ready_after_s"] = {k: v - t_spawn for k, v in ready.items()}
-    if t_end is not None:
-        dt = t_end - t0
-        res["seconds"] = dt
-        res["events_per_s"] = total / dt
-        res["events_per_s_from_spawn"] = total / (t_end - t_spawn)
-        # Ingest stage alone: slope of committed input offsets between 10 % and 90 % of the input
-        # (the lifecycle topic may still lag behind; the end-to-end figure is events_per_s).
-        def first(frac: float) -> tuple[float, int] | None:
-            return next(((t, d) for t, d, _ in samples if d >= frac * total), None)
-        a, b = first(0.10), first(0.90)
-        if a and b and b[0] > a[0]:
-            res["ingest_events_per_s"] = (b[1] - a[1]) / (b[0] - a[0])
-        res["input_done_after_s"] = next((t for t, d, _ in samples if d >= total), t_end) - t0
-        res["cpu_s_sum"] = sum(v for v in res["cpu_s"].values() if v is not None)
-        res["cpu_us_per_event"] = res["cpu_s_sum"] / total * 1e6
-    elif t0 is not None and samples:
-        t_last, done_last, _ = samples[-1]
-        res["partial"] = {"events_done": done_last, "seconds": t_last - t0,
-                          "events_per_s": done_last / (t_last - t0) if t_last > t0 else None}
-    res["samples"] = [(round(t - (t0 or t_spawn), 3), d, lc) for t, d, lc in samples]
+    catch_up_figures(res, total, samples, t_spawn, t0, t_end,
+                     sum(v for v in res["cpu_s"].values() if v is not None))
     return res
 
 
@@ -615,26 +597,34 @@ async def app_catch_up(run: AppRun, kafka: Kafka, timeout_s: float, poll_s: floa
         res["other_processes_cpu_s"] = max(0.0, busy - (res["cpu_s"][name] or 0.0) - (res["broker_cpu_s"] or 0.0)
                                            - res["bench_process_cpu_s"])
     res["spawn_to_first_assignment_s"] = t0 - t_spawn if t0 else None
-    if t_end is not None:
+    catch_up_figures(res, total, samples, t_spawn, t0, t_end, res["cpu_s"][name] or 0.0)
+    return res
+
+
+def catch_up_figures(res: dict[str, Any], total: int, samples: list, t_spawn: float, t0: float | None,
+                     t_end: float | None, cpu_s_sum: float) -> None:
+    """Rates of a catch-up into ``res``: events/s from the first assignment (and from spawn), the
+    ingest stage alone, CPU per event; a partial rate when it did not finish; the samples."""
+    if t_end is not None and t0 is not None:
         dt = t_end - t0
         res["seconds"] = dt
         res["events_per_s"] = total / dt
         res["events_per_s_from_spawn"] = total / (t_end - t_spawn)
-
+        # Ingest stage alone: slope of committed input offsets between 10 % and 90 % of the input
+        # (the lifecycle topic may still lag behind; the end-to-end figure is events_per_s).
         def first(frac: float) -> tuple[float, int] | None:
             return next(((t, d) for t, d, _ in samples if d >= frac * total), None)
         a, b = first(0.10), first(0.90)
         if a and b and b[0] > a[0]:
             res["ingest_events_per_s"] = (b[1] - a[1]) / (b[0] - a[0])
         res["input_done_after_s"] = next((t for t, d, _ in samples if d >= total), t_end) - t0
-        res["cpu_s_sum"] = res["cpu_s"][name] or 0.0
-        res["cpu_us_per_event"] = res["cpu_s_sum"] / total * 1e6
+        res["cpu_s_sum"] = cpu_s_sum
+        res["cpu_us_per_event"] = cpu_s_sum / total * 1e6
     elif t0 is not None and samples:
         t_last, done_last, _ = samples[-1]
         res["partial"] = {"events_done": done_last, "seconds": t_last - t0,
                           "events_per_s": done_last / (t_last - t0) if t_last > t0 else None}
     res["samples"] = [(round(t - (t0 or t_spawn), 3), d, lc) for t, d, lc in samples]
-    return res
 
 
 async def wait_serving(run: WorkerRun, timeout_s: float) -> None:

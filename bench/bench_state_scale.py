@@ -225,20 +225,21 @@ def measure(n: int, args: argparse.Namespace, stamp: str) -> dict[str, Any]:
         expected, res["seed_s"] = asyncio.run(seed(app_id, n, args.partitions, now_us, campaigns=not args.rev))
         res["seed_per_s"] = n / res["seed_s"]
 
-        log("first start (restores from the changelog) ...")
-        w0 = run.worker("a").start()
-        res["first_start_ready_s"] = wait(lambda: ready(w0), args.timeout, "first start ready")
-        res["first_start_rss_mb"] = rss_mb(w0.pid)
-        res["first_start_funnel_ok"] = funnel_ok(w0, expected)
-        res["first_start_rebuilt"] = rebuilt(w0)
+        def start(phase: str) -> Any:
+            """Worker "a" started; its time to ready, RSS, funnel check and rebuilds under ``phase``."""
+            w = run.worker("a").start()
+            res[f"{phase}_ready_s"] = wait(lambda: ready(w), args.timeout, f"{phase} ready")
+            res[f"{phase}_rss_mb"] = rss_mb(w.pid)
+            res[f"{phase}_funnel_ok"] = funnel_ok(w, expected)
+            res[f"{phase}_rebuilt"] = rebuilt(w)
+            res[f"{phase}_rebuild"] = rebuild_rates(w)
+            return w
 
+        log("first start (restores from the changelog) ...")
+        w0 = start("first_start")
         log("restart with the local state kept ...")
         w0.stop(timeout_s=60)
-        w0 = run.worker("a").start()
-        res["restart_ready_s"] = wait(lambda: ready(w0), args.timeout, "restart ready")
-        res["restart_rss_mb"] = rss_mb(w0.pid)
-        res["restart_funnel_ok"] = funnel_ok(w0, expected)
-        res["restart_rebuild"] = rebuild_rates(w0)
+        w0 = start("restart")
 
         log("rebalance: a second worker joins ...")
         before = len(rebuilt(w0))
