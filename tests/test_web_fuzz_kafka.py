@@ -8,7 +8,6 @@ nothing reaches Kafka from a rejected request. Bounded: 300 well-formed requests
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import socket
@@ -20,12 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.kafka_fixtures import create_topics, delete_topics
 from tests.test_web_kafka import _end_offsets
 from tests.worker_harness import (
     WorkerPool,
-    delete_app_topics,
     expected_report,
+    fresh_app_topics,
     http_get,
     produce_scenario,
     wait_until,
@@ -42,17 +40,13 @@ SECURITY_HEADERS = ("x-content-type-options", "referrer-policy", "cache-control"
 
 @pytest.fixture(scope="module")
 def worker(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):
-    suffix = secrets.token_hex(4)
-    app_id = f"fwfuzz-{suffix}"
-    topics = {role: f"fwfuzz-{role.replace('_', '-')}-{suffix}" for role in PARTS}
-    asyncio.run(create_topics(kafka_bootstrap, {topics[r]: n for r, n in PARTS.items()}))
-    produce_scenario(kafka_bootstrap, topics, {"activity_sync": 2, "altcraft": 2})
-    tmp = tmp_path_factory.mktemp("fuzz")
-    env = worker_env(app_id=app_id, bootstrap=kafka_bootstrap, topics=topics, data_dir=tmp / "w1",
-                     topic_partitions=2, extra={"FUNNELWATCH_WEB_TOKEN": WEB_TOKEN,
-                                                "FUNNELWATCH_INGEST_TOKEN": INGEST_TOKEN,
-                                                "FUNNELWATCH_MAX_EVENT_BYTES": "4096"})
-    try:
+    with fresh_app_topics(kafka_bootstrap, "fwfuzz", PARTS) as (app_id, topics):
+        produce_scenario(kafka_bootstrap, topics, {"activity_sync": 2, "altcraft": 2})
+        tmp = tmp_path_factory.mktemp("fuzz")
+        env = worker_env(app_id=app_id, bootstrap=kafka_bootstrap, topics=topics, data_dir=tmp / "w1",
+                         topic_partitions=2, extra={"FUNNELWATCH_WEB_TOKEN": WEB_TOKEN,
+                                                    "FUNNELWATCH_INGEST_TOKEN": INGEST_TOKEN,
+                                                    "FUNNELWATCH_MAX_EVENT_BYTES": "4096"})
         with WorkerPool(tmp) as pool:
             w = pool.start("w1", env)
             want = expected_report()["windows"]
@@ -63,12 +57,6 @@ def worker(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):
 
             wait_until(funnel_done, 60, desc="/funnel equal to the golden report")
             yield w, topics, kafka_bootstrap
-    finally:
-        try:
-            asyncio.run(delete_topics(kafka_bootstrap, list(topics.values())))
-        except Exception:  # noqa: BLE001 - best effort
-            pass
-        delete_app_topics(kafka_bootstrap, app_id)
 
 
 def raw_request(port: int, head: bytes, body: bytes, timeout_s: float = 10.0) -> tuple[int, dict[str, str], bytes]:
