@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from typing import Any, AsyncIterable, Callable
 
 import orjson
 from aiokafka.errors import KafkaTimeoutError
@@ -54,11 +54,13 @@ class Ingest:
         self.ack_timeout_s = dead_letter_ack_timeout_s
         self._events_topic = topics.events.get_topic_name()
 
-    def agent(self, topic: Any) -> Callable[[Any], Any]:
+    def agent(self, topic: Any, batches: AsyncIterable[list]) -> Callable[[Any], Any]:
+        """The agent of ``topic``: its records come a fetch at a time from ``batches``
+        (``faust_compat.deliver_in_batches``), not through faust's stream."""
         name = topic.get_topic_name()
 
-        async def ingest(stream: Any) -> None:
-            async for batch in stream.take_events(self.batch_max, within=self.within_s):
+        async def ingest(stream: Any) -> None:  # noqa: ARG001 - faust's stream of the topic stays idle
+            async for batch in batches:
                 batch = self.commit.admit(batch)
                 if batch:
                     await self.process(batch, name)

@@ -10,7 +10,7 @@ Derived state (funnel share, indexes), the alert book and metrics follow each st
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, AsyncIterable, Callable
 
 import orjson
 
@@ -48,11 +48,17 @@ class Lifecycle:
         raw = self.table.get(key)
         return MessageState.from_bytes(raw) if raw else None
 
-    async def agent(self, stream: Any) -> None:
-        async for batch in stream.take_events(self.batch_max, within=self.within_s):
-            batch = self.commit.admit(batch)
-            if batch:
-                await self.process(batch)
+    def agent(self, batches: AsyncIterable[list]) -> Callable[[Any], Any]:
+        """The events topic's agent: its records come a fetch at a time from ``batches``
+        (``faust_compat.deliver_in_batches``), not through faust's stream."""
+
+        async def lifecycle(stream: Any) -> None:  # noqa: ARG001 - faust's stream of the topic stays idle
+            async for batch in batches:
+                batch = self.commit.admit(batch)
+                if batch:
+                    await self.process(batch)
+
+        return lifecycle
 
     async def process(self, batch: list) -> None:
         # key -> [(op, event)]: bundles are unpacked; every entry of a bundle belongs to the

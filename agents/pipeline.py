@@ -94,9 +94,13 @@ class Pipeline:
 
     def _wire(self) -> None:
         app, t, s = self.app, self.topics, self.settings
-        app.agent(t.activity_sync, name="ingest-activity-sync")(self.ingest.agent(t.activity_sync))
-        app.agent(t.altcraft, name="ingest-altcraft")(self.ingest.agent(t.altcraft))
-        app.agent(t.events, name="lifecycle")(self.lifecycle.agent)
+        def batches(topic: Any) -> Any:
+            return faust_compat.deliver_in_batches(app, topic, s.batch_max_events)
+
+        app.agent(t.activity_sync, name="ingest-activity-sync")(
+            self.ingest.agent(t.activity_sync, batches(t.activity_sync)))
+        app.agent(t.altcraft, name="ingest-altcraft")(self.ingest.agent(t.altcraft, batches(t.altcraft)))
+        app.agent(t.events, name="lifecycle")(self.lifecycle.agent(batches(t.events)))
         app.timer(s.alert_tick_s, name="deadlines")(self.timers.tick)
         app.timer(s.publish_interval_s, name="publish-windows")(self.timers.publish_windows)
         app.on_partitions_revoked.connect(self._on_revoked)

@@ -154,13 +154,15 @@ class _Fetcher:
 
 
 def _drain(on_message, records: int = 10, *, flow_check: bool = False, timeout_s: float = 10.0,
-           as_task: bool = False):
+           as_task: bool = False, sink_topic: str | None = None, on_sink=None, fetches: int = 1):
     """Run CommitPointConsumer._drain_messages over ``records`` fake records of one partition
     (one getmany batch, then the fetcher stops). ``on_message(consumer, message)`` is the
     conductor callback. ``flow_check``: the fake getmany stops yielding once flow is
     suspended, as faust's does; without it only the delivery itself can refuse a record.
     ``as_task``: the callback returns a task (an awaitable that is not a coroutine).
-    Returns (consumer, read offset of the partition)."""
+    ``sink_topic``: a topic whose records go to ``RecordBatches`` (the partition's topic is
+    "t"); ``on_sink(consumer, sink)`` runs as a task consuming it. ``fetches``: getmany
+    batches of ``records`` records each. Returns (consumer, read offset of the partition)."""
     import asyncio
 
     import faust
@@ -177,10 +179,10 @@ def _drain(on_message, records: int = 10, *, flow_check: bool = False, timeout_s
         async def getmany(timeout: float):  # noqa: ARG001
             nonlocal calls
             calls += 1
-            if calls > 1:
+            if calls > fetches:
                 fetcher._stopped.set()
                 return
-            for i in range(records):
+            for i in range((calls - 1) * records, calls * records):
                 if flow_check and not consumer.flow_active:
                     break
                 yield tp, _Msg(tp, i)
@@ -190,7 +192,15 @@ def _drain(on_message, records: int = 10, *, flow_check: bool = False, timeout_s
 
         consumer.getmany = getmany  # test double on this instance only
         consumer.callback = (lambda m: asyncio.ensure_future(callback(m))) if as_task else callback
+        task = None
+        if sink_topic is not None:
+            sink = faust_compat.deliver_in_batches(app, app.topic(sink_topic), 1000)
+            sink.max_queued = 2
+            task = asyncio.ensure_future(on_sink(consumer, sink))
         await asyncio.wait_for(consumer._drain_messages(fetcher), timeout_s)
+        if task is not None:
+            await asyncio.sleep(0.05)
+            task.cancel()
         return consumer, consumer._read_offset[tp]
 
     return asyncio.run(go())
@@ -292,6 +302,117 @@ def test_a_callback_that_is_not_a_coroutine_is_awaited_as_faust_does() -> None:
 
     _drain(on_message, 20, as_task=True)
     assert seen == list(range(20))
+
+
+# ---------------------------------------------------------------- batch delivery
+
+
+def test_batch_delivery_hands_over_each_fetch_without_the_conductor() -> None:
+    """A topic with RecordBatches gets its records a fetch at a time, in order, as Records
+    (key, value, message); the conductor callback sees none of them."""
+    got: list[list[int]] = []
+    delivered: list[int] = []
+
+    async def on_message(consumer, message) -> None:  # noqa: ANN001
+        delivered.append(message.offset)
+
+    async def on_sink(consumer, sink) -> None:  # noqa: ANN001
+        async for batch in sink:
+            assert all(r.value == b"x" and r.message.tp.topic == "t" for r in batch)
+            got.append([r.message.offset for r in batch])
+
+    _, read = _drain(on_message, 5, sink_topic="t", on_sink=on_sink, fetches=3)
+    assert delivered == []
+    assert [o for b in got for o in b] == list(range(15))
+    assert read == 14
+
+
+def test_batch_delivery_waits_for_room_and_merges_queued_fetches() -> None:
+    """The consumer waits while max_queued fetches wait to be processed (bounded memory); an
+    agent taking a batch gets every fetch queued meanwhile, up to max_records."""
+    import asyncio
+
+    got: list[list[int]] = []
+
+    async def on_sink(consumer, sink) -> None:  # noqa: ANN001
+        await asyncio.sleep(0.05)  # a slow agent: the consumer fills the queue and waits
+        assert sink.full()
+        async for batch in sink:
+            got.append([r.message.offset for r in batch])
+
+    async def on_message(consumer, message) -> None:  # noqa: ANN001, ARG001
+        raise AssertionError("no record goes to the conductor")
+
+    _drain(on_message, 3, sink_topic="t", on_sink=on_sink, fetches=4)
+    assert [o for b in got for o in b] == list(range(12))
+    assert got[0] == list(range(6))  # the two queued fetches, merged
+
+
+def test_batch_delivery_drops_fetches_of_a_rebalance() -> None:
+    """A fetch waiting for room when a rebalance starts (flow suspended) is dropped, as is
+    one made before faust's flow control cleared the queue: the committed offsets bring
+    those records back."""
+    import asyncio
+
+    got: list[int] = []
+
+    async def on_sink(consumer, sink) -> None:  # noqa: ANN001
+        await asyncio.sleep(0.02)
+        consumer.stop_flow()  # a rebalance starts while the consumer waits for room
+        sink.clear()
+        await asyncio.sleep(0.02)
+        consumer.resume_flow()
+        async for batch in sink:
+            got.extend(r.message.offset for r in batch)
+
+    async def on_message(consumer, message) -> None:  # noqa: ANN001, ARG001
+        raise AssertionError("no record goes to the conductor")
+
+    _, read = _drain(on_message, 2, sink_topic="t", on_sink=on_sink, fetches=4)
+    # fetches 1-2 cleared, 3 dropped (it waited for room), 4 dropped (flow suspended)
+    assert got == []
+    assert read == 7
+
+
+def test_wait_empty_waits_for_the_batch_being_processed() -> None:
+    """faust's wait_empty (before its last commit of revoked partitions) returns only after
+    the agent finished the batch it took."""
+    import asyncio
+
+    import faust
+
+    from agents.faust_compat.delivery import Record
+
+    async def go() -> list[str]:
+        app = faust.App("fw-compat-test", broker="kafka://127.0.0.1:9", store="memory://")
+        faust_compat.install_commit_transport(app)
+        consumer = app.consumer
+        sink = faust_compat.deliver_in_batches(app, app.topic("t"), 1000)
+        order: list[str] = []
+
+        async def agent() -> None:
+            async for _batch in sink:
+                order.append("taken")
+                await asyncio.sleep(0.05)
+                order.append("done")
+
+        async def commit_and_end_transactions() -> None:
+            order.append("committed")
+
+        consumer.commit_and_end_transactions = commit_and_end_transactions  # test double: no broker
+        task = asyncio.ensure_future(agent())
+        sink.put_nowait([Record(_Msg(SimpleTP("t", 0), 0))])
+        await asyncio.sleep(0.01)
+        await consumer.wait_empty()
+        task.cancel()
+        return order
+
+    assert asyncio.run(go()) == ["taken", "done", "committed"]
+
+
+class SimpleTP:
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic, self.partition = topic, partition
 
 
 def test_partition_items_and_slices_of_a_rocksdb_table(tmp_path) -> None:

@@ -32,7 +32,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.web.drivers import aiohttp as faust_aiohttp
 
 from ..http import MAX_HEADERS, MAX_LINE_BYTES, error_response
-from .delivery import DirectDelivery
+from .delivery import DirectDelivery, Record, RecordBatches
 
 log = logging.getLogger("funnelwatch")
 
@@ -245,6 +245,20 @@ class CommitPointConsumer(DirectDelivery, faust_aiokafka.Consumer):
             if c is None or n > c:
                 tps.append(tp)
         return iter(tps)
+
+
+def deliver_in_batches(app: faust.App, topic: Any, max_records: int) -> RecordBatches:
+    """The records of ``topic``, a fetch at a time, for an agent to iterate instead of its faust
+    stream (which then stays idle): the consumer hands them over without a faust ``Event``
+    per record. The topic is subscribed here, since no stream iterates it; the batches are
+    cleared when a rebalance starts (faust's flow control), and faust waits for the batch
+    being processed before its last commit of revoked partitions (``wait_empty``)."""
+    name = topic.get_topic_name()
+    sink = RecordBatches(name, max_records)
+    app.consumer.__dict__.setdefault("batch_sinks", {})[name] = sink
+    app.flow_control.manage_queue(sink)
+    app.topics.add(topic)
+    return sink
 
 
 class CommitPointTransport(faust_aiokafka.Transport):

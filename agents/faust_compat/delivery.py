@@ -1,10 +1,18 @@
-"""Per-record delivery without faust's ``wait_first`` per record: the drain loop of
-:class:`~agents.faust_compat.CommitPointConsumer` (private faust API, part of ``faust_compat``)."""
+"""Delivery without faust's per-record machinery: the drain loop of
+:class:`~agents.faust_compat.CommitPointConsumer` (private faust API, part of ``faust_compat``).
+
+* Records of a topic with :class:`RecordBatches` (the worker's input and events topics) go to
+  it a fetch at a time, as plain :class:`Record` objects: no faust ``Event``, stream, channel
+  queue or ack per record. The worker's own commit point decides what is done and committed.
+* Records of other topics (table changelogs during recovery, faust's own) go to faust's
+  conductor as before, without the ``wait_first`` per record (:meth:`DirectDelivery._deliver`).
+"""
 from __future__ import annotations
 
 import asyncio
 import types
-from typing import Any, Awaitable, Callable
+from collections import deque
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from faust.transport.consumer import CONSUMER_FETCHING
 
@@ -13,13 +21,112 @@ from faust.transport.consumer import CONSUMER_FETCHING
 UPSTREAM_DRAIN_MESSAGES_SHA1 = "886db62001ccb1892026351dcb5e217be1ab308c"
 
 
+class Record:
+    """One record as an agent of :class:`RecordBatches` sees it: what it reads of a faust event
+    (``key``, ``value``, ``message``: faust's ``Message``, with ``tp``, ``offset``, ``partition``)."""
+
+    __slots__ = ("key", "value", "message", "__weakref__")
+
+    def __init__(self, message: Any) -> None:
+        self.key = message.key
+        self.value = message.value
+        self.message = message
+
+
+class RecordBatches:
+    """The records of one topic, handed over by the consumer a fetch at a time: what an agent
+    iterates instead of a faust stream (``async for batch in batches``).
+
+    Bounded: the consumer waits while :attr:`max_queued` fetches are queued (a rebalance
+    cancels the wait). Registered with faust's flow control, which clears it when a rebalance
+    starts; a fetch made before a clear is dropped (its records are read again from the
+    committed offsets). :meth:`idle` waits for the batch being processed (faust's
+    ``wait_empty`` does, before its last commit of revoked partitions).
+    """
+
+    def __init__(self, topic: str, max_records: int, max_queued: int = 4) -> None:
+        self.topic = topic
+        self.max_records = max_records
+        self.max_queued = max_queued
+        self.epoch = 0  # moved by clear(): fetches made before it are dropped
+        self._queue: deque[list[Record]] = deque()
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def clear(self) -> None:
+        self._queue.clear()
+        self.epoch += 1
+        self._room.set()
+
+    def full(self) -> bool:
+        return len(self._queue) >= self.max_queued
+
+    def put_nowait(self, records: list[Record]) -> None:
+        self._queue.append(records)
+        self._ready.set()
+        if self.full():
+            self._room.clear()
+
+    async def room(self) -> None:
+        await self._room.wait()
+
+    async def idle(self) -> None:
+        while not self._idle.is_set():
+            await self._idle.wait()
+
+    def __aiter__(self) -> AsyncIterator[list[Record]]:
+        return self._batches()
+
+    async def _batches(self) -> AsyncIterator[list[Record]]:
+        queue = self._queue
+        while True:
+            while not queue:
+                self._ready.clear()
+                await self._ready.wait()
+            batch = queue.popleft()
+            while queue and len(batch) + len(queue[0]) <= self.max_records:
+                batch += queue.popleft()
+            self._room.set()
+            self._idle.clear()
+            try:
+                yield batch
+            finally:
+                self._idle.set()
+
+
 class DirectDelivery:
-    """Mixin for faust's aiokafka ``Consumer``: records go to the streams without a task and an
-    ``asyncio.wait`` per record."""
+    """Mixin for faust's aiokafka ``Consumer``: records go to :attr:`batch_sinks` a fetch at a
+    time, or to faust's streams without a task and an ``asyncio.wait`` per record."""
+
+    #: topic name -> where its records go (set by ``faust_compat.deliver_in_batches``)
+    batch_sinks: dict[str, RecordBatches]
+
+    async def wait_empty(self) -> None:
+        """faust's: wait for the records being processed, then commit. The batches of
+        :attr:`batch_sinks` being processed count too (faust knows nothing of them)."""
+        for sink in list(self.__dict__.get("batch_sinks", {}).values()):
+            await sink.idle()
+        await super().wait_empty()  # type: ignore[misc]
+
+    async def _hand_over(self, fetched: dict[RecordBatches, tuple[int, list[Record]]]) -> None:
+        """Queue each sink's records of one fetch; dropped when flow is suspended or the sink
+        was cleared since (a rebalance: they are read again from the committed offsets)."""
+        suspend_flow = self.suspend_flow
+        for sink, (epoch, records) in fetched.items():
+            while sink.full() and not suspend_flow.is_set() and sink.epoch == epoch:
+                await self.wait_first(sink.room(), suspend_flow.wait())
+            if suspend_flow.is_set() or sink.epoch != epoch:
+                continue
+            sink.put_nowait(records)
 
     async def _drain_messages(self, fetcher: Any) -> None:
-        """faust's ``Consumer._drain_messages`` (faust-streaming 0.15.3), delivering each record
-        through :meth:`_deliver` instead of ``wait_first(callback(message), suspend_flow.wait())``.
+        """faust's ``Consumer._drain_messages`` (faust-streaming 0.15.3), handing each fetch's
+        records of a topic with a sink in :attr:`batch_sinks` to it (:meth:`_hand_over`) and
+        delivering other records through :meth:`_deliver` instead of
+        ``wait_first(callback(message), suspend_flow.wait())``.
 
         **Upstream proposal** (faust-streaming, ``faust/transport/consumer.py``): the drain loop
         hands every record to the conductor with ``await self.wait_first(callback(message),
@@ -41,6 +148,7 @@ class DirectDelivery:
         (``asyncio.eager_task_factory``); this version also runs on 3.8–3.11.
         """
         callback = self.callback
+        sinks = self.__dict__.setdefault("batch_sinks", {})
         getmany = self.getmany
         deliver = self._deliver
         consumer_should_stop = self._stopped.is_set
@@ -67,6 +175,7 @@ class DirectDelivery:
                 # never releasing to the event loop
                 await self.sleep(0)
                 if not self.should_stop:
+                    fetched: dict[RecordBatches, tuple[int, list[Record]]] = {}
                     async for tp, message in ait:
                         num_since_yield += 1
                         if num_since_yield > yield_every:
@@ -86,11 +195,21 @@ class DirectDelivery:
                                 if self._n_acked >= commit_every:
                                     self._n_acked = 0
                                     await self.commit()
-                            await deliver(callback, message)
+                            sink = sinks.get(tp.topic)
+                            if sink is None:
+                                await deliver(callback, message)
+                            else:
+                                got = fetched.get(sink)
+                                if got is None:
+                                    fetched[sink] = (sink.epoch, [Record(message)])
+                                else:
+                                    got[1].append(Record(message))
                             set_read_offset(tp, offset)
                         else:
                             self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r",
                                          offset, message.key, message.value)
+                    if fetched:
+                        await self._hand_over(fetched)
                     unset_flag(flag_consumer_fetching)
 
         except self.consumer_stopped_errors:
