@@ -23,7 +23,7 @@ from typing import Any
 
 from aiokafka.partitioner import murmur2
 
-from .faust_compat import WorkerApp, install_commit_transport
+from .faust_compat import WorkerApp, batched_table, install_commit_transport
 from .http import json_errors_middleware
 from .logjson import logging_config
 from .settings import Settings
@@ -90,8 +90,8 @@ def build_app(s: Settings) -> tuple[WorkerApp, Topics, Any]:
         windows=app.topic(s.topic_funnel_windows, **raw),
         dead_letters=app.topic(s.topic_dead_letters, **raw),
     )
-    messages = app.Table("messages", default=None, partitions=s.topic_partitions, key_type=bytes,
-                         value_type=bytes, help="message key -> lifecycle state (applied events, alert marks)")
+    messages = batched_table(app, "messages", default=None, partitions=s.topic_partitions, key_type=bytes,
+                             value_type=bytes, help="message key -> lifecycle state (applied events, alert marks)")
     # Keys and values are already bytes (MessageState.to_bytes): no json codec in the store or changelog.
     messages.key_serializer = messages.value_serializer = "raw"
     return app, topics, messages
@@ -100,8 +100,8 @@ def build_app(s: Settings) -> tuple[WorkerApp, Topics, Any]:
 def campaign_names_table(app: Any, s: Settings) -> Any:
     """``tenant|campaign`` -> name (SPEC §11), in the partition of its key (as the events
     topic's records that carry it); value ``streams.campaigns`` ``pack_name``."""
-    names = app.Table("campaign-names", default=None, partitions=s.topic_partitions, key_type=bytes,
-                      value_type=bytes, help="tenant|campaign -> (timestamp, name) of the event naming it")
+    names = batched_table(app, "campaign-names", default=None, partitions=s.topic_partitions, key_type=bytes,
+                          value_type=bytes, help="tenant|campaign -> (timestamp, name) of the event naming it")
     names.key_serializer = names.value_serializer = "raw"
     return names
 

@@ -114,6 +114,11 @@ class Lifecycle:
         if names:
             self._write_names(names)
         faust_compat.clear_current_event()
+        # The batch's changelog records, one record batch per partition; faust's commit flushes
+        # the producer before it commits offsets past this batch.
+        await table.send_changelog_batch()
+        if names:
+            await self.names_table.send_changelog_batch()
         await self.commit.settle(batch)
 
     def _write_names(self, names: dict[str, tuple[int, str, Any]]) -> None:

@@ -440,3 +440,107 @@ def test_partition_items_and_slices_of_a_rocksdb_table(tmp_path) -> None:
     assert faust_compat.partition_slice(p.messages, 3, None, 10) is not None
     mem = Pipeline(Settings(store="memory://", data_dir=str(tmp_path / "m"))).messages
     assert faust_compat.partition_slice(mem, 0, None, 10) is None
+
+
+# ---------------------------------------------------------------- changelog batches
+
+
+class _Batch:
+    def __init__(self, limit: int) -> None:
+        self.records: list[tuple[bytes, bytes | None]] = []
+        self.limit = limit
+
+    def append(self, *, key, value, timestamp):  # noqa: ANN001, ARG002
+        if self.records and len(self.records) >= self.limit:
+            return None
+        self.records.append((key, value))
+        return object()
+
+    def record_count(self) -> int:
+        return len(self.records)
+
+
+class _Producer:
+    """aiokafka's create_batch/send_batch: a batch's future resolves to its base offset."""
+
+    def __init__(self, limit: int = 3) -> None:
+        self.limit = limit
+        self.sent: list[tuple[str, int, list]] = []
+        self.futures: list = []
+        self.end: dict[int, int] = {}
+
+    def create_batch(self) -> _Batch:
+        return _Batch(self.limit)
+
+    async def send_batch(self, batch: _Batch, topic: str, *, partition: int):
+        import asyncio
+
+        self.sent.append((topic, partition, batch.records))
+        fut = asyncio.get_running_loop().create_future()
+        self.futures.append((fut, partition, len(batch.records)))
+        return fut
+
+    def ack_all(self, reverse: bool = False) -> None:
+        from types import SimpleNamespace
+
+        base: dict[int, int] = {}
+        metas = []
+        for fut, p, n in self.futures:  # offsets in send order, per partition
+            b = base.get(p, 0)
+            base[p] = b + n
+            metas.append((fut, SimpleNamespace(offset=b, topic_partition=("cl", p))))
+        for fut, meta in (reversed(metas) if reverse else metas):
+            fut.set_result(meta)
+
+
+def _changelog_table(producer: _Producer, *, in_transaction: bool = False):
+    from types import SimpleNamespace
+
+    from agents.faust_compat.changelog import BatchedChangelogTable
+
+    persisted: list[tuple[object, int]] = []
+    table = BatchedChangelogTable.__new__(BatchedChangelogTable)  # no app: the batching alone
+    table.__dict__.update(
+        app=SimpleNamespace(in_transaction=in_transaction,
+                            producer=SimpleNamespace(_ensure_producer=lambda: producer)),
+        _changelog_topic=SimpleNamespace(get_topic_name=lambda: "cl"),
+        key_serializer="raw", value_serializer="raw", use_partitioner=False,
+        _data=SimpleNamespace(set_persisted_offset=lambda tp, off: persisted.append((tp, off))))
+    return table, persisted
+
+
+def test_changelog_records_go_out_per_partition_in_write_order() -> None:
+    """A batch's writes are queued (not sent one by one) and go out as record batches of their
+    partition, in write order, split where the producer's batch is full; deletes are
+    tombstones. The persisted offset is written once per acked batch: the last offset it
+    holds, never moved back (acks may arrive out of order)."""
+    import asyncio
+
+    async def go():
+        producer = _Producer(limit=3)
+        table, persisted = _changelog_table(producer)
+        for i in range(5):
+            table._queue(0, b"k%d" % i, b"v%d" % i)
+        table._queue(1, b"x", None)
+        assert table.changelog_pending == 6 and producer.sent == []
+        await table.send_changelog_batch()
+        assert table.changelog_pending == 0
+        assert producer.sent == [("cl", 0, [(b"k0", b"v0"), (b"k1", b"v1"), (b"k2", b"v2")]),
+                                 ("cl", 0, [(b"k3", b"v3"), (b"k4", b"v4")]),
+                                 ("cl", 1, [(b"x", None)])]
+        producer.ack_all(reverse=True)
+        await asyncio.sleep(0)
+        return persisted
+
+    persisted = asyncio.run(go())
+    assert persisted == [(("cl", 1), 0), (("cl", 0), 4)]  # partition 0's first batch (last offset 2) came later
+
+
+def test_changelog_falls_back_to_faust_per_write_under_transactions() -> None:
+    producer = _Producer()
+    table, _ = _changelog_table(producer, in_transaction=True)
+    assert table._batched() is False
+    table2, _ = _changelog_table(producer)
+    assert table2._batched() is True
+    table2.value_serializer = "json"
+    assert table2._batched() is False

@@ -1,5 +1,5 @@
-"""Every use of private faust-streaming, aiokafka and aiohttp API, in one package (this module
-and :mod:`.delivery`, the consumer's drain loop).
+"""Every use of private faust-streaming, aiokafka and aiohttp API, in one package (this module,
+:mod:`.delivery`, the consumer's drain loop, and :mod:`.changelog`, table writes in batches).
 
 The rest of ``agents/`` uses faust's public API only and reaches anything private through
 the functions and classes here. Each private name this module relies on is listed in
@@ -32,6 +32,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.web.drivers import aiohttp as faust_aiohttp
 
 from ..http import MAX_HEADERS, MAX_LINE_BYTES, error_response
+from .changelog import BatchedChangelogTable
 from .delivery import DirectDelivery, Record, RecordBatches
 
 log = logging.getLogger("funnelwatch")
@@ -46,6 +47,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
                                           "_n_acked"),
     "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread": ("_ensure_consumer", "call_thread"),
     "faust.transport.drivers.aiokafka:Transport": ("Consumer",),
+    "faust.transport.drivers.aiokafka:Producer": ("_ensure_producer",),
     "faust.app.base:App": ("_on_agent_error", "transport", "_fetcher", "_new_web"),
     "aiohttp.web_runner:AppRunner": ("_make_server",),
     "aiohttp.web_server:Server": ("__call__",),
@@ -288,6 +290,14 @@ async def group_start_offset(consumer: Any, tp: Any) -> int:
 
 
 # ---------------------------------------------------------------- table writes
+
+
+def batched_table(app: faust.App, name: str, **kwargs: Any) -> BatchedChangelogTable:
+    """``app.Table(name, **kwargs)``, as a :class:`~.changelog.BatchedChangelogTable`: its writes'
+    changelog records go out when the batch calls ``send_changelog_batch``."""
+    table = BatchedChangelogTable(app, name=name, beacon=app.tables.beacon, **kwargs)
+    app.tables.add(table)
+    return table
 
 
 def use_partition_of(event: Any) -> None:

@@ -1,0 +1,103 @@
+"""Table writes sent to the changelog in batches (private faust and aiokafka API, part of
+``faust_compat``).
+
+faust's ``table[key] = value`` sends every write on its own: a ``FutureMessage`` through the
+producer buffer and aiokafka's ``send``, and, when Kafka acks it, a write of the persisted
+offset to the store (for rocksdb: a ``put`` per table write). :class:`BatchedChangelogTable`
+keeps faust's store write as it is and queues the changelog record instead;
+:meth:`BatchedChangelogTable.send_changelog_batch` sends what a batch wrote as one aiokafka
+record batch per partition (``create_batch``/``send_batch``) and writes each partition's
+persisted offset once, when Kafka acks its batch.
+
+The guarantee is faust's own: the consumer flushes the producer before it commits input
+offsets, so a committed offset never runs ahead of the changelog records its batch wrote.
+Under ``exactly_once`` (faust's transactions) and for tables with other serializers than
+``raw``, faust's per-write path is kept.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+
+log = logging.getLogger("funnelwatch")
+
+
+class BatchedChangelogTable(faust.Table):
+    """A faust ``Table`` of raw bytes whose changelog records are sent a batch at a time."""
+
+    _changelog_pending: dict[int, list[tuple[bytes, bytes | None]]] | None = None
+    _persisted_max: dict[int, int] | None = None
+
+    def _batched(self) -> bool:
+        return (not self.app.in_transaction and self.key_serializer == "raw" and self.value_serializer == "raw"
+                and not self.use_partitioner)
+
+    def on_key_set(self, key: Any, value: Any) -> None:
+        if not self._batched():
+            return super().on_key_set(key, value)
+        self._queue(self.partition_for_key(key), key, value)
+
+    def on_key_del(self, key: Any) -> None:
+        if not self._batched():
+            return super().on_key_del(key)
+        self._queue(self.partition_for_key(key), key, None)
+
+    def _queue(self, partition: int | None, key: bytes, value: bytes | None) -> None:
+        assert partition is not None  # partition_for_key: the current event's (use_partitioner is off)
+        pending = self._changelog_pending
+        if pending is None:
+            pending = self._changelog_pending = {}
+        records = pending.get(partition)
+        if records is None:
+            pending[partition] = [(key, value)]
+        else:
+            records.append((key, value))
+
+    @property
+    def changelog_pending(self) -> int:
+        """Changelog records written to the store and not yet handed to the producer."""
+        return sum(len(r) for r in (self._changelog_pending or {}).values())
+
+    async def send_changelog_batch(self) -> None:
+        """Hand the changelog records queued since the last call to the producer: one record
+        batch per partition (more when one exceeds the producer's batch size), in write order."""
+        pending = self._changelog_pending
+        if not pending:
+            return
+        self._changelog_pending = None
+        producer = self.app.producer._ensure_producer()
+        topic = self.changelog_topic.get_topic_name()
+        for partition, records in pending.items():
+            batch = producer.create_batch()
+            for key, value in records:
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+                    await self._send_batch(producer, batch, topic, partition)
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)  # the first record always fits
+            await self._send_batch(producer, batch, topic, partition)
+
+    async def _send_batch(self, producer: Any, batch: Any, topic: str, partition: int) -> None:
+        count = batch.record_count()
+        fut = await producer.send_batch(batch, topic, partition=partition)
+        fut.add_done_callback(lambda f: self._on_batch_sent(f, partition, count))
+
+    def _on_batch_sent(self, fut: Any, partition: int, count: int) -> None:
+        """faust's ``_on_changelog_sent``, once per batch: the store remembers the last offset
+        the changelog holds (what recovery skips), never moving it back."""
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            log.error("funnelwatch: changelog batch of %d record(s) to %s/%d failed: %r", count,
+                      self.changelog_topic.get_topic_name(), partition, exc)
+            return
+        meta = fut.result()
+        last = meta.offset + count - 1
+        seen = self._persisted_max
+        if seen is None:
+            seen = self._persisted_max = {}
+        if last > seen.get(partition, -1):
+            seen[partition] = last
+            self.data.set_persisted_offset(meta.topic_partition, last)
