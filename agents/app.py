@@ -79,7 +79,7 @@ def build_app(s: Settings) -> tuple[WorkerApp, Topics, Any]:
         web_application_options={"middlewares": [json_errors_middleware()]},
         logging_config=logging_config(s.log_format),
     )
-    install_commit_transport(app)
+    install_commit_transport(app, fetch_max_wait_ms=s.fetch_max_wait_ms)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     topics = Topics(
         activity_sync=app.topic(s.topic_activity_sync, key_type=bytes, value_type=bytes, allow_empty=True, **raw),

@@ -128,9 +128,15 @@ class Settings(BaseSettings):
     # A dead letter not acked within this is sent again (3 tries), then the ingest agent stops.
     dead_letter_ack_timeout_s: float = Field(10.0, gt=0)
     max_tenants_label: int = Field(50, ge=0)
-    # Hot path: events are processed in batches of up to this many, waiting at most this long.
+    # Hot path: records are processed a fetch at a time, in batches of up to this many (more
+    # fetched meanwhile wait for the next batch). ``batch_within_s``: the wait of faust's
+    # ``take_events`` in the bench's faust floor app; the worker does not wait to fill a batch.
     batch_max_events: int = Field(1000, ge=1)
     batch_within_s: float = Field(0.05, gt=0)
+    # The longest a fetch request waits on the broker for data (faust's own: 1500 ms). The
+    # consumer keeps one request in flight: a long wait on caught-up partitions delays the
+    # others' next records.
+    fetch_max_wait_ms: int = Field(100, ge=0, le=30000)
     # Producer batching: repartition and changelog records ride in few produce requests.
     producer_linger_s: float = Field(0.01, ge=0)
     producer_max_batch_bytes: int = Field(262144, ge=1024)

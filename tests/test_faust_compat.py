@@ -544,3 +544,29 @@ def test_changelog_falls_back_to_faust_per_write_under_transactions() -> None:
     assert table2._batched() is True
     table2.value_serializer = "json"
     assert table2._batched() is False
+
+
+# ---------------------------------------------------------------- fetch wait
+
+
+@pytest.mark.parametrize("env,expected", [({}, 100), ({"FUNNELWATCH_FETCH_MAX_WAIT_MS": "250"}, 250)])
+def test_the_worker_consumer_fetches_with_its_own_max_wait(monkeypatch: pytest.MonkeyPatch, env, expected) -> None:
+    """faust hard-codes fetch_max_wait_ms=1500; the worker's aiokafka consumer gets the
+    setting's value instead (read when the consumer starts its fetcher)."""
+    import asyncio
+
+    for k in [k for k in os.environ if k.startswith("FUNNELWATCH_")]:
+        monkeypatch.delenv(k)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    from agents.pipeline import Pipeline
+    from agents.settings import Settings
+
+    pipe = Pipeline(Settings())
+    thread = pipe.app.consumer._thread
+    assert isinstance(thread, faust_compat.FetchTunedConsumerThread)
+
+    async def make():  # aiokafka wants a running loop; never started: no connection
+        return thread._create_worker_consumer(pipe.app.transport)
+
+    assert asyncio.run(make())._fetch_max_wait_ms == expected

@@ -45,7 +45,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "faust.transport.consumer:Consumer": ("_new_offset", "_filter_tps_with_pending_acks",
                                           "_filter_committable_offsets", "_drain_messages", "_add_gap",
                                           "_n_acked"),
-    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread": ("_ensure_consumer", "call_thread"),
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread": ("_ensure_consumer", "call_thread",
+                                                                "_create_worker_consumer"),
+    "faust.transport.drivers.aiokafka:Consumer": ("_new_consumer_thread",),
     "faust.transport.drivers.aiokafka:Transport": ("Consumer",),
     "faust.transport.drivers.aiokafka:Producer": ("_ensure_producer",),
     "faust.app.base:App": ("_on_agent_error", "transport", "_fetcher", "_new_web"),
@@ -61,7 +63,7 @@ REQUIRED_INSTANCE: dict[str, tuple[str, ...]] = {
                  "_stopped"),
     "agent": ("_actors",),
     "supervisor": ("_services",),
-    "aiokafka_consumer": ("_client",),
+    "aiokafka_consumer": ("_client", "_fetch_max_wait_ms"),
     "web": ("_runner",),
     "rocksdb_store": ("_dbs",),
 }
@@ -211,6 +213,25 @@ class CommitSource(Protocol):
     next: Mapping[Hashable, int]  # TP -> next offset not yet processed
 
 
+class FetchTunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust's aiokafka consumer thread, with the worker's ``fetch_max_wait_ms``.
+
+    faust hard-codes ``fetch_max_wait_ms=1500`` (``_create_worker_consumer``). aiokafka keeps one
+    fetch request in flight per broker, and a partition whose fetched records are still
+    buffered is left out of the next request: when every partition in the request is caught
+    up (the events topic, waiting for what ingest writes next), the request waits up to that
+    long on the broker while the input partitions, drained meanwhile, cannot be fetched — and
+    ingest waits for them. Kafka's own clients default to 500 ms; the worker uses
+    ``FUNNELWATCH_FETCH_MAX_WAIT_MS`` (100)."""
+
+    fetch_max_wait_ms: int = 100
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms  # read when the consumer starts its fetcher
+        return consumer
+
+
 class CommitPointConsumer(DirectDelivery, faust_aiokafka.Consumer):
     """faust's aiokafka consumer committing the offsets of :attr:`commit_point`'s topics from it.
 
@@ -225,6 +246,12 @@ class CommitPointConsumer(DirectDelivery, faust_aiokafka.Consumer):
     """
 
     commit_point: CommitSource | None = None
+    fetch_max_wait_ms: int = FetchTunedConsumerThread.fetch_max_wait_ms
+
+    def _new_consumer_thread(self) -> Any:
+        thread = FetchTunedConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        thread.fetch_max_wait_ms = self.fetch_max_wait_ms
+        return thread
 
     def _new_offset(self, tp: Any) -> int | None:
         offset = super()._new_offset(tp)
@@ -267,10 +294,15 @@ class CommitPointTransport(faust_aiokafka.Transport):
     Consumer = CommitPointConsumer
 
 
-def install_commit_transport(app: faust.App) -> None:
+def install_commit_transport(app: faust.App, *, fetch_max_wait_ms: int = FetchTunedConsumerThread.fetch_max_wait_ms
+                             ) -> None:
     """Give ``app`` the transport whose consumer is a :class:`CommitPointConsumer` (before the
-    consumer is first built)."""
-    app.transport = CommitPointTransport(app.conf.broker_consumer, app)
+    consumer is first built), fetching with ``fetch_max_wait_ms``."""
+    transport = CommitPointTransport(app.conf.broker_consumer, app)
+    if fetch_max_wait_ms != CommitPointConsumer.fetch_max_wait_ms:
+        transport.Consumer = type("CommitPointConsumer", (CommitPointConsumer,),
+                                  {"fetch_max_wait_ms": fetch_max_wait_ms})
+    app.transport = transport
 
 
 def committed_offset(consumer: Any, tp: Any) -> int | None:
