@@ -75,11 +75,13 @@ class Ingest:
         bundles: dict[int, dict[str, list]] = {}
         names = CampaignNames()  # the latest name per campaign of the batch
         dead: list[DeadLetterSent] = []
+        counts: dict[tuple[str, str], int] = {}  # (source, kind) -> lifecycle events of the batch
         for event in batch:
             raw = event.value if event.value is not None else b""
             out = normalize(raw, max_bytes)
             if type(out) is CanonicalEvent:
-                m.event(out.source, out.kind.name, True)
+                ck = (out.source, out.kind.name)
+                counts[ck] = counts.get(ck, 0) + 1
                 k = out.key
                 part = partition_of(k)
                 entries = bundles.get(part)
@@ -98,6 +100,7 @@ class Ingest:
                 sent = await self._other(out, raw, event.message, topic_name)
                 if sent is not None:
                     dead.append(sent)
+        m.events(counts)
         by_part: dict[int, list[list]] = {}
         for (tenant, campaign), (ts, name) in names.names.items():
             nk = names_key(tenant, campaign)

@@ -2,8 +2,10 @@
 message key, then its effects, in this order:
 
 1. alerts sent, and acked by Kafka (:class:`~agents.alerts.AlertSender`);
-2. the state written to the table (one changelog record per key per batch) or deleted, and
-   each campaign name that wins over the stored one written to the names table (SPEC §11);
+2. the state written to the table (one changelog record per key per batch, sent as one record
+   batch per partition) or deleted, and each campaign name that wins over the stored one
+   written to the names table (SPEC §11); every read and write in the partition of the key's
+   own records (``BatchedChangelogTable.get_for``/``put_for``);
 3. the batch settled at the commit point.
 
 Derived state (funnel share, indexes), the alert book and metrics follow each step at once.
@@ -18,7 +20,6 @@ from streams.campaigns import name_wins, pack_name, split_names_key
 from streams.lifecycle import MessageState
 from streams.step import OP_EVENT, OP_EVENTS, Effects, StepConfig, step
 
-from . import faust_compat
 from .alerts import AlertBook, AlertSender, count_marks
 from .app import OP_BUNDLE, OP_BUNDLE_CAMPAIGNS
 from .clock import now_us
@@ -93,8 +94,9 @@ class Lifecycle:
                     g.append((op, event))
         table = self.table
         writes: list[tuple[bytes, bytes | None, Any]] = []
+        alerts: list[tuple[bytes, dict]] = []
         for key, ops in groups.items():
-            fx = await self._step(key, ops)
+            fx = self._step(key, ops, alerts)
             if fx.state is not None:
                 if fx.write:
                     writes.append((key, fx.state.to_bytes(), ops[-1][1]))
@@ -102,18 +104,14 @@ class Lifecycle:
                 writes.append((key, None, ops[-1][1]))
         # Alerts are acked before the state marks that record them land: a crash never loses
         # one; marks it loses are re-read by the next owner (agents.alerts.reconcile).
+        for key, alert in alerts:
+            await self.sender.send(key, alert)
         await self.sender.flush()
         for key, value, event in writes:
-            # Table writes go to the changelog partition of the "current event": make it this
-            # key's own record (take_events leaves it at the batch's last event).
-            faust_compat.use_partition_of(event)
-            if value is None:
-                table.pop(key, None)
-            else:
-                table[key] = value
+            # In the partition of the key's own record (table and events topic are co-partitioned).
+            table.put_for(event, key, value)
         if names:
             self._write_names(names)
-        faust_compat.clear_current_event()
         # The batch's changelog records, one record batch per partition; faust's commit flushes
         # the producer before it commits offsets past this batch.
         await table.send_changelog_batch()
@@ -128,19 +126,18 @@ class Lifecycle:
         for nk, (ts, name, event) in names.items():
             tenant, campaign = split_names_key(nk)
             if name_wins(ts, name, derived.name_of(tenant, campaign)):
-                faust_compat.use_partition_of(event)
-                self.names_table[nk.encode()] = pack_name(ts, name)
+                self.names_table.put_for(event, nk.encode(), pack_name(ts, name))
                 derived.note_name(tenant, campaign, ts, name)
 
-    async def _step(self, key: bytes, ops: list) -> Effects:
+    def _step(self, key: bytes, ops: list, alerts: list[tuple[bytes, dict]]) -> Effects:
+        """One message's step (its stored state read in the partition of its records) and the
+        effects kept in memory; its alerts are appended to ``alerts`` for the batch to send."""
         book = self.book
         published = book.published.get(key)
         now = self.clock()
         k = key.decode()
-        # The rocksdb store reads a key from the partition of faust's "current event" only:
-        # make it this key's own record (take_events leaves it at the batch's last event).
-        faust_compat.use_partition_of(ops[-1][1])
-        fx = step(k, self.load(key), [op for op, _ in ops], now, self.cfg, published)
+        raw = self.table.get_for(ops[-1][1], key)
+        fx = step(k, MessageState.from_bytes(raw) if raw else None, [op for op, _ in ops], now, self.cfg, published)
         if fx.published_used:
             book.published.pop(key, None)
             count_marks(book, fx.reconciled)
@@ -160,7 +157,7 @@ class Lifecycle:
             m.latency(channel, a, b, secs)
         self.derived.apply(k, fx, now)
         for alert in fx.alerts:
-            await self.sender.send(key, alert)
+            alerts.append((key, alert))
         for stage in fx.settled_stages:
             book.unsuppress(key, stage)
         if fx.open_known:

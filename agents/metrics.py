@@ -245,6 +245,12 @@ class Metrics:
         """One input event; ``known=False`` records it under ``kind="other"``."""
         _child(self._c_events, self.events_total, (source, kind if known else OTHER)).inc()
 
+    def events(self, counts: dict[tuple[str, str], int]) -> None:
+        """A batch's lifecycle events: ``(source, kind)`` -> how many (all known kinds)."""
+        cache, metric = self._c_events, self.events_total
+        for key, n in counts.items():
+            _child(cache, metric, key).inc(n)
+
     def rejected(self, source: str, reason: str) -> None:
         _child(self._c_rejected, self.events_rejected_total, (source, reason)).inc()
 

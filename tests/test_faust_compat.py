@@ -570,3 +570,30 @@ def test_the_worker_consumer_fetches_with_its_own_max_wait(monkeypatch: pytest.M
         return thread._create_worker_consumer(pipe.app.transport)
 
     assert asyncio.run(make())._fetch_max_wait_ms == expected
+
+
+@pytest.mark.parametrize("store", ["rocksdict://", "memory://"])
+def test_reads_and_writes_by_record_land_where_faust_puts_them(tmp_path, store: str) -> None:
+    """put_for/get_for store and read in the partition of the record, as faust's table does
+    with that record as the current event (rocksdb: that partition's db; memory: the dict),
+    and queue one changelog record per write; faust's own reads find the values."""
+    from types import SimpleNamespace
+
+    from agents.pipeline import Pipeline
+    from agents.settings import Settings
+
+    p = Pipeline(Settings(store=store, data_dir=str(tmp_path)))
+    table = p.messages
+    rec = {n: SimpleNamespace(message=SimpleNamespace(partition=n, topic="events")) for n in range(4)}
+    table.put_for(rec[2], b"k1", b"v1")
+    table.put_for(rec[3], b"k2", b"v2")
+    table.put_for(rec[3], b"k2", None)
+    assert table.get_for(rec[2], b"k1") == b"v1"
+    assert table.get_for(rec[3], b"k2") is None
+    assert table.changelog_pending == 3
+    assert table._changelog_pending == {2: [(b"k1", b"v1")], 3: [(b"k2", b"v2"), (b"k2", None)]}
+    if store.startswith("rocksdict"):
+        assert table.data._db_for_partition(2).get(b"k1") == b"v1"
+        assert table.data._db_for_partition(0).get(b"k1") is None
+        assert table.get_for(rec[0], b"k1") is None  # another partition's db: not there
+    assert table.get(b"k1") == b"v1"  # faust's read without a current event looks everywhere

@@ -56,6 +56,20 @@ class PartitionedTable:
     def pop(self, key: bytes, default: Any = None) -> Any:
         return self.parts[self._part("pop", key)].pop(key, default)
 
+    # faust_compat.BatchedChangelogTable's reads and writes in the partition of a record
+    def get_for(self, record: Any, key: bytes) -> bytes | None:
+        p = record.message.partition
+        self.seen.append(("get", key, p))
+        return self.parts[p].get(key)
+
+    def put_for(self, record: Any, key: bytes, value: bytes | None) -> None:
+        p = record.message.partition
+        self.seen.append(("set" if value is not None else "pop", key, p))
+        if value is None:
+            self.parts[p].pop(key, None)
+        else:
+            self.parts[p][key] = value
+
     async def send_changelog_batch(self) -> None:  # faust_compat.BatchedChangelogTable's
         self.seen.append(("send", b"", -1))
 

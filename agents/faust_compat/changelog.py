@@ -17,9 +17,12 @@ Under ``exactly_once`` (faust's transactions) and for tables with other serializ
 from __future__ import annotations
 
 import logging
-from typing import Any
+import weakref
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import faust
+from faust.streams import _current_event
 
 log = logging.getLogger("funnelwatch")
 
@@ -54,6 +57,57 @@ class BatchedChangelogTable(faust.Table):
             pending[partition] = [(key, value)]
         else:
             records.append((key, value))
+
+    # ------------------------------------------------------------ reads and writes by record
+
+    def get_for(self, record: Any, key: bytes) -> bytes | None:
+        """The stored value of ``key`` in the partition of ``record`` (a record of the topic
+        the table is co-partitioned with): what ``table.get(key)`` reads with ``record`` as
+        faust's current event, without faust's per-read path for rocksdb and memory stores."""
+        partition = record.message.partition
+        db = self._partition_db(partition)
+        if db is not None:
+            return db.get(key)
+        data = self._dict_store()
+        if data is not None:
+            return data.get(key)
+        with _current(record):
+            return self.get(key)
+
+    def put_for(self, record: Any, key: bytes, value: bytes | None) -> None:
+        """``table[key] = value`` (None: ``table.pop(key)``) with ``record`` as faust's current
+        event: stored in the partition of ``record``, its changelog record queued for
+        :meth:`send_changelog_batch`; without faust's per-write path for rocksdb and memory stores."""
+        partition = record.message.partition
+        db = self._partition_db(partition) if self._batched() else None
+        data = self._dict_store() if db is None and self._batched() else None
+        if db is None and data is None:
+            with _current(record):
+                if value is None:
+                    self.pop(key, None)
+                else:
+                    self[key] = value
+            return
+        if db is not None:
+            if value is None:
+                db.delete(key)
+            else:
+                db.put(key, value)
+        elif value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+        self._queue(partition, key, value)
+
+    def _partition_db(self, partition: int) -> Any:
+        """The rocksdb store's db of ``partition`` (opened if need be); None for other stores."""
+        open_db = getattr(self.data, "_db_for_partition", None)
+        return open_db(partition) if open_db is not None else None
+
+    def _dict_store(self) -> dict | None:
+        """The memory store's dict (None for other stores)."""
+        data = getattr(self.data, "data", None)
+        return data if type(data) is dict else None
 
     @property
     def changelog_pending(self) -> int:
@@ -101,3 +155,13 @@ class BatchedChangelogTable(faust.Table):
         if last > seen.get(partition, -1):
             seen[partition] = last
             self.data.set_persisted_offset(meta.topic_partition, last)
+
+
+@contextmanager
+def _current(record: Any) -> Iterator[None]:
+    """``record`` is faust's "current event" (the table path of other stores reads it)."""
+    token = _current_event.set(weakref.ref(record))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
