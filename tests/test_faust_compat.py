@@ -401,7 +401,7 @@ def test_wait_empty_waits_for_the_batch_being_processed() -> None:
 
         consumer.commit_and_end_transactions = commit_and_end_transactions  # test double: no broker
         task = asyncio.ensure_future(agent())
-        sink.put_nowait([Record(_Msg(SimpleTP("t", 0), 0))])
+        sink.put_nowait([Record(SimpleTP("t", 0), 0, None, b"x")])
         await asyncio.sleep(0.01)
         await consumer.wait_empty()
         task.cancel()
@@ -597,3 +597,87 @@ def test_reads_and_writes_by_record_land_where_faust_puts_them(tmp_path, store: 
         assert table.data._db_for_partition(0).get(b"k1") is None
         assert table.get_for(rec[0], b"k1") is None  # another partition's db: not there
     assert table.get(b"k1") == b"v1"  # faust's read without a current event looks everywhere
+
+
+# ---------------------------------------------------------------- runs of a fetch
+
+
+def test_upstream_getmany_is_the_one_copied() -> None:
+    """DirectDelivery.getmany is faust's getmany plus the sink topics' runs: a faust whose
+    getmany differs must be re-read (and the copy updated) before the pin moves."""
+    import hashlib
+    import inspect
+
+    from faust.transport.consumer import Consumer
+
+    src = inspect.getsource(Consumer.getmany)
+    assert hashlib.sha1(src.encode()).hexdigest() == faust_compat.delivery.UPSTREAM_GETMANY_SHA1
+
+
+class _ConsumerRecord:  # what aiokafka's fetcher returns
+    def __init__(self, tp, offset: int) -> None:  # noqa: ANN001
+        self.topic, self.partition, self.offset = tp.topic, tp.partition, offset
+        self.key, self.value = b"k%d" % offset, b"v%d" % offset
+        self.timestamp, self.timestamp_type, self.headers, self.checksum = 0, 0, [], None
+        self.serialized_key_size = self.serialized_value_size = 2
+
+
+def test_a_fetch_goes_to_the_sinks_a_partition_at_a_time_and_other_records_to_faust() -> None:
+    """Each partition of a sink topic in a fetch is handed over whole (one run, no per-record
+    await): records below the read offset dropped, gaps booked as faust books them, the read
+    offset at the last record; records of other topics still go to the conductor one by one."""
+    import asyncio
+
+    import faust
+    from faust.types import TP
+
+    async def go():
+        app = faust.App("fw-compat-test", broker="kafka://127.0.0.1:9", store="memory://")
+        faust_compat.install_commit_transport(app)
+        consumer = app.consumer
+        sink = faust_compat.deliver_in_batches(app, app.topic("in"), 1000)
+        a, b, other = TP("in", 0), TP("in", 1), TP("changelog", 0)
+        fetches = [
+            {a: [_ConsumerRecord(a, o) for o in (0, 1, 2)], other: [_ConsumerRecord(other, 7)],
+             b: [_ConsumerRecord(b, o) for o in (5, 6, 9)]},  # 7..8: a gap (compaction, markers)
+            {a: [_ConsumerRecord(a, o) for o in (1, 2, 3)]},  # 1: below the read offset (2): dropped
+        ]
+        fetcher = _Fetcher()
+
+        async def wait_next_records(timeout: float):  # noqa: ARG001
+            if not fetches:
+                fetcher._stopped.set()
+                return None, None
+            return fetches.pop(0), {a, b, other}
+
+        gaps: list = []
+
+        async def add_gap(tp, start: int, end: int) -> None:  # noqa: ANN001
+            gaps.append((tp, start, end))
+
+        delivered: list = []
+
+        async def callback(message) -> None:  # noqa: ANN001
+            delivered.append((message.tp, message.offset))
+
+        consumer._wait_next_records = wait_next_records  # test doubles on this instance only
+        consumer._add_gap = add_gap
+        consumer.highwater = lambda tp: 10
+        consumer.callback = callback
+        app.topics.acks_enabled_for = lambda topic: True  # as once subscribed (acks on: faust's default)
+        await asyncio.wait_for(consumer._drain_messages(fetcher), 10)
+        got = []
+        async for batch in sink:
+            got.append([(r.message.tp, r.offset, r.key, r.value) for r in batch])
+            if len(got) == 2 or not sink._queue:
+                break
+        return got, delivered, gaps, {tp: consumer._read_offset[tp] for tp in (a, b, other)}
+
+    got, delivered, gaps, read = asyncio.run(go())
+    a, b, other = TP("in", 0), TP("in", 1), TP("changelog", 0)
+    flat = [x for batch in got for x in batch]
+    assert [(tp, o) for tp, o, _, _ in flat] == [(a, 0), (a, 1), (a, 2), (b, 5), (b, 6), (b, 9), (a, 2), (a, 3)]
+    assert all(k == b"k%d" % o and v == b"v%d" % o for _, o, k, v in flat)
+    assert delivered == [(other, 7)]
+    assert gaps == [(b, 7, 9)]
+    assert read == {a: 3, b: 9, other: 7}

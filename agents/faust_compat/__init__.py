@@ -44,7 +44,7 @@ TESTED_AIOKAFKA = ("0.14.0",)
 REQUIRED: dict[str, tuple[str, ...]] = {
     "faust.transport.consumer:Consumer": ("_new_offset", "_filter_tps_with_pending_acks",
                                           "_filter_committable_offsets", "_drain_messages", "_add_gap",
-                                          "_n_acked"),
+                                          "_n_acked", "_wait_next_records", "_to_message", "perform_seek"),
     "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread": ("_ensure_consumer", "call_thread",
                                                                 "_create_worker_consumer"),
     "faust.transport.drivers.aiokafka:Consumer": ("_new_consumer_thread",),
@@ -60,7 +60,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 #: instance attributes (set in ``__init__``) checked on a constructed object by the contract test.
 REQUIRED_INSTANCE: dict[str, tuple[str, ...]] = {
     "consumer": ("_committed_offset", "_acked", "_acked_index", "_thread", "_read_offset", "_commit_every",
-                 "_stopped"),
+                 "_stopped", "_buffered_partitions", "scheduler"),
     "agent": ("_actors",),
     "supervisor": ("_services",),
     "aiokafka_consumer": ("_client", "_fetch_max_wait_ms"),

@@ -16,21 +16,41 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from faust.transport.consumer import CONSUMER_FETCHING
 
-#: sha1 of the source of faust's ``Consumer._drain_messages`` that
-#: :meth:`DirectDelivery._drain_messages` copies (the contract test fails when it changes).
+#: sha1 of the source of faust's ``Consumer._drain_messages`` and ``Consumer.getmany`` that
+#: :meth:`DirectDelivery._drain_messages` and :meth:`DirectDelivery.getmany` copy (the
+#: contract test fails when one changes).
 UPSTREAM_DRAIN_MESSAGES_SHA1 = "886db62001ccb1892026351dcb5e217be1ab308c"
+UPSTREAM_GETMANY_SHA1 = "ebaa50fe8fbbe97bdcee137eef5f5b392ba284e3"
 
 
 class Record:
     """One record as an agent of :class:`RecordBatches` sees it: what it reads of a faust event
-    (``key``, ``value``, ``message``: faust's ``Message``, with ``tp``, ``offset``, ``partition``)."""
+    (``key``, ``value``, ``message`` with ``tp``, ``topic``, ``partition``, ``offset``: the record
+    is its own message), built straight from aiokafka's record (no faust ``Message``)."""
 
-    __slots__ = ("key", "value", "message", "__weakref__")
+    __slots__ = ("key", "value", "tp", "topic", "partition", "offset", "__weakref__")
 
-    def __init__(self, message: Any) -> None:
-        self.key = message.key
-        self.value = message.value
-        self.message = message
+    def __init__(self, tp: Any, offset: int, key: bytes | None, value: bytes | None) -> None:
+        self.key = key
+        self.value = value
+        self.tp = tp
+        self.topic = tp.topic
+        self.partition = tp.partition
+        self.offset = offset
+
+    @property
+    def message(self) -> Record:
+        return self
+
+
+class FetchedRun:
+    """The records of one partition of a sink topic in one fetch, in offset order (aiokafka's
+    ``ConsumerRecord`` objects): what :meth:`DirectDelivery.getmany` yields instead of a message each."""
+
+    __slots__ = ("records",)
+
+    def __init__(self, records: list) -> None:
+        self.records = records
 
 
 class RecordBatches:
@@ -122,6 +142,65 @@ class DirectDelivery:
                 continue
             sink.put_nowait(records)
 
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+        """faust's ``Consumer.getmany`` (faust-streaming 0.15.3), yielding the records of each
+        partition of a topic in :attr:`batch_sinks` as one :class:`FetchedRun` (after the same
+        flow, generation and active-partition checks, made once per partition: nothing can
+        change them while the loop runs, it does not await), and the other records one by one
+        as faust's ``Message``, round-robin, as faust does."""
+        records, active_partitions = await self._wait_next_records(timeout)
+        generation_id = self.app.consumer_generation_id
+        if records is None or self.should_stop:
+            return
+
+        sinks = self.__dict__.get("batch_sinks")
+        if sinks and self.flow_active:
+            others = {}
+            runs = []
+            for tp, recs in records.items():
+                if tp.topic not in sinks:
+                    others[tp] = recs
+                elif active_partitions is None or tp in active_partitions or tp in self._buffered_partitions:
+                    self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                    runs.append((tp, FetchedRun(recs)))
+            for tp_run in runs:
+                if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                    return
+                yield tp_run
+            records = others
+
+        records_it = self.scheduler.iterate(records)
+        to_message = self._to_message  # localize
+        if self.flow_active:
+            for tp, record in records_it:
+                if not self.flow_active:
+                    break
+                new_generation_id = self.app.consumer_generation_id
+                if new_generation_id != generation_id:
+                    self.log.dev(
+                        "Generation id changed from %r to %r. Cancelling getmany.",
+                        generation_id,
+                        new_generation_id,
+                    )
+                    break
+                if (
+                    active_partitions is None
+                    or tp in active_partitions
+                    or tp in self._buffered_partitions
+                ):
+                    highwater_mark = self.highwater(tp)
+                    self.app.monitor.track_tp_end_offset(tp, highwater_mark)
+                    # convert timestamp to seconds from int milliseconds.
+                    yield tp, to_message(tp, record)
+        else:
+            self.log.dev(
+                "getmany called while flow not active. Seek back to committed offsets."
+            )
+            try:
+                await self.perform_seek()
+            except Exception as ex:
+                self.log.warning(f"exception performing seek when flow not active {ex}")
+
     async def _drain_messages(self, fetcher: Any) -> None:
         """faust's ``Consumer._drain_messages`` (faust-streaming 0.15.3), handing each fetch's
         records of a topic with a sink in :attr:`batch_sinks` to it (:meth:`_hand_over`) and
@@ -177,6 +256,12 @@ class DirectDelivery:
                 if not self.should_stop:
                     fetched: dict[RecordBatches, tuple[int, list[Record]]] = {}
                     async for tp, message in ait:
+                        if type(message) is FetchedRun:  # a sink topic's partition, whole
+                            num_since_yield += await self._take_run(tp, message.records, sinks[tp.topic], fetched)
+                            if num_since_yield > yield_every:
+                                await sleep(0)
+                                num_since_yield = 0
+                            continue
                         num_since_yield += 1
                         if num_since_yield > yield_every:
                             await sleep(0)
@@ -200,10 +285,11 @@ class DirectDelivery:
                                 await deliver(callback, message)
                             else:
                                 got = fetched.get(sink)
+                                rec = Record(tp, offset, message.key, message.value)
                                 if got is None:
-                                    fetched[sink] = (sink.epoch, [Record(message)])
+                                    fetched[sink] = (sink.epoch, [rec])
                                 else:
-                                    got[1].append(Record(message))
+                                    got[1].append(rec)
                             set_read_offset(tp, offset)
                         else:
                             self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r",
@@ -229,6 +315,40 @@ class DirectDelivery:
             raise
         finally:
             unset_flag(flag_consumer_fetching)
+
+    async def _take_run(self, tp: Any, records: list, sink: RecordBatches,
+                        fetched: dict[RecordBatches, tuple[int, list[Record]]]) -> int:
+        """The drain loop's per-record steps for a :class:`FetchedRun`, record by record but
+        without an ``await`` each: records below the read offset are dropped, offset gaps
+        booked (``_add_gap``) as faust does, ``commit_every`` honoured; the rest go to the
+        fetch's list for ``sink``, and the read offset moves to the last one. Returns the
+        number of records looked at."""
+        r_offset = self._read_offset[tp]
+        acks_enabled = None
+        got = fetched.get(sink)
+        if got is None:
+            got = fetched[sink] = (sink.epoch, [])
+        out = got[1]
+        append = out.append
+        last = r_offset
+        for record in records:
+            offset = record.offset
+            if last is not None:
+                if offset < last:
+                    continue  # already read (faust: "DROPPED MESSAGE ROFF")
+                if offset - last > 1 and last:
+                    if acks_enabled is None:
+                        acks_enabled = self.app.topics.acks_enabled_for(tp.topic)
+                    if acks_enabled:
+                        await self._add_gap(tp, last + 1, offset)
+            append(Record(tp, offset, record.key, record.value))
+            last = offset
+        if last is not None and last != r_offset:
+            self._read_offset[tp] = last
+        if self._commit_every is not None and self._n_acked >= self._commit_every:
+            self._n_acked = 0
+            await self.commit()
+        return len(records)
 
     async def _deliver(self, callback: Callable[[Any], Awaitable[Any]], message: Any) -> bool:
         """Hand one record to faust (``callback`` is the conductor's ``on_message``); False when
