@@ -41,7 +41,7 @@ class Ingest:
     """The ingest agent of each input topic."""
 
     def __init__(self, app: Any, topics: Topics, commit: CommitPoint, metrics: Any,
-                 partition_of: Callable[[str], int], *, max_event_bytes: int, batch_max: int, within_s: float,
+                 partition_of: Callable[[str], int], *, max_event_bytes: int,
                  dead_letter_ack_timeout_s: float) -> None:
         self.app = app
         self.topics = topics
@@ -49,8 +49,6 @@ class Ingest:
         self.metrics = metrics
         self.partition_of = partition_of
         self.max_event_bytes = max_event_bytes
-        self.batch_max = batch_max
-        self.within_s = within_s
         self.ack_timeout_s = dead_letter_ack_timeout_s
         self._events_topic = topics.events.get_topic_name()
 

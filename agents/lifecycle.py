@@ -31,8 +31,8 @@ class Lifecycle:
     """Applies the events topic to the messages table."""
 
     def __init__(self, table: Any, cfg: StepConfig, derived: DerivedState, book: AlertBook, sender: AlertSender,
-                 commit: CommitPoint, metrics: Any, batch_max: int, within_s: float,
-                 clock: Callable[[], int] = now_us, names_table: Any = None) -> None:
+                 commit: CommitPoint, metrics: Any, clock: Callable[[], int] = now_us,
+                 names_table: Any = None) -> None:
         self.table = table
         self.names_table = names_table
         self.cfg = cfg
@@ -41,8 +41,6 @@ class Lifecycle:
         self.sender = sender
         self.commit = commit
         self.metrics = metrics
-        self.batch_max = batch_max
-        self.within_s = within_s
         self.clock = clock
 
     def load(self, key: bytes) -> MessageState | None:

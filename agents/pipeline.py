@@ -75,11 +75,10 @@ class Pipeline:
         self.book = AlertBook(self.metrics, self.slas)
         self.sender = sender_cls(t.alerts, self.metrics)
         self.ingest = ingest_cls(self.app, t, self.commit, self.metrics, self.partition_of,
-                                 max_event_bytes=s.max_event_bytes, batch_max=s.batch_max_events,
-                                 within_s=s.batch_within_s, dead_letter_ack_timeout_s=s.dead_letter_ack_timeout_s)
+                                 max_event_bytes=s.max_event_bytes,
+                                 dead_letter_ack_timeout_s=s.dead_letter_ack_timeout_s)
         self.lifecycle = Lifecycle(self.messages, self.step_config, self.derived, self.book, self.sender,
-                                   self.commit, self.metrics, s.batch_max_events, s.batch_within_s,
-                                   names_table=self.names)
+                                   self.commit, self.metrics, names_table=self.names)
         self.peers = Peers(self.app, s)
         self.windows = Windows(lambda: self.derived.share, self.peers, t.windows, s.window_retention_s, now_us,
                                lambda: self.derived.names)

@@ -105,8 +105,7 @@ def test_each_message_is_read_and_written_in_its_own_partition() -> None:
     share = FunnelShares()
     derived = DerivedState(cfg, metrics, share, FunnelCollector(share, lambda t: t), part)
     book = AlertBook(metrics, SlaTable())
-    lc = Lifecycle(table, cfg, derived, book, AlertSender(None, metrics), Commit(), metrics, 1000, 0.05,
-                   clock=lambda: T0)
+    lc = Lifecycle(table, cfg, derived, book, AlertSender(None, metrics), Commit(), metrics, clock=lambda: T0)
     out = AS_LIFECYCLE["outbound-sms"].code
     sent = AS_LIFECYCLE["message-sent"].code
     # batch 1: outbound events; batch 2: sent events. Each batch mixes every partition, in
@@ -142,7 +141,7 @@ def test_campaign_bundles_carry_campaigns_and_names_into_their_partitions() -> N
     share = FunnelShares()
     derived = DerivedState(cfg, metrics, share, FunnelCollector(share, lambda t: t), part)
     lc = Lifecycle(table, cfg, derived, AlertBook(metrics, SlaTable()), AlertSender(None, metrics), Commit(),
-                   metrics, 1000, 0.05, clock=lambda: T0, names_table=names_table)
+                   metrics, clock=lambda: T0, names_table=names_table)
     out = AS_LIFECYCLE["outbound-sms"].code
     sent = AS_LIFECYCLE["message-sent"].code
     k1, k2, k3 = (message_key("activity_sync", "acme", m) for m in ("c1", "c2", "c3"))
