@@ -36,15 +36,19 @@ def test_every_expired_state_is_found_once_per_sweep_in_slices():
     sweep = ExpirySweep(store.scan, retention_us=RET, sweep_s=20.0, tick_s=1.0)
     sizes = {0: n, 1: n}
     found: list[bytes] = []
+    now = T0
     for _ in range(20):  # one sweep period: 20 ticks of ceil(2000 * 1/20) = 100 states each
-        found += sweep.due(T0, sizes)
+        found += sweep.due(now, sizes)
+        now += S
     want = sorted(k for d in parts.values() for k, v in d.items() if touched_us_of(v) < T0 - RET)
     assert sorted(found) == want and len(found) == len(set(found))
     assert {lim for _, _, lim in store.calls} == {max(MIN_SLICE, n // 20)}
-    assert sweep.due(T0, sizes)[:1] == []  # the end of the partition was not yet reported: cursor wraps
+    assert sweep.due(now, sizes)[:1] == []  # the end of the partition was not yet reported: cursor wraps
+    now += S
     found2 = []
     for _ in range(20):
-        found2 += sweep.due(T0, sizes)
+        found2 += sweep.due(now, sizes)
+        now += S
     assert sorted(set(found2)) == want  # the next sweep finds them again (until the lifecycle deletes them)
 
 
@@ -54,3 +58,16 @@ def test_sweep_period_is_at_most_half_the_retention_and_keep_drops_cursors():
     sweep.cursors = {0: b"a", 1: b"b", 2: None}
     sweep.keep([1, 3])
     assert sweep.cursors == {1: b"b"}
+
+
+def test_a_sweep_that_ends_early_starts_over_a_period_after_it_started():
+    """A small partition (one MIN_SLICE slice) is read once per sweep period, not every tick."""
+    parts = {0: {b"a": state(T0 - RET - S), b"b": state(T0)}}
+    store = Store(parts)
+    sweep = ExpirySweep(store.scan, retention_us=RET, sweep_s=10.0, tick_s=1.0)
+    got = [sweep.due(T0 + i * S, {0: 2}) for i in range(25)]
+    assert [i for i, g in enumerate(got) if g] == [0, 10, 20]
+    assert all(g == [b"a"] for g in got if g)
+    assert len(store.calls) == 3
+    sweep.keep([])  # a partition lost, then owned again: swept from its start at once
+    assert sweep.due(T0 + 25 * S, {0: 2}) == [b"a"]
