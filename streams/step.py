@@ -29,8 +29,12 @@ from .stuck import STUCK_STAGES, Deadline, SlaTable, deadline, is_stuck, pending
 from .timeparse import US_PER_S
 
 OP_EVENT, OP_CHECK, OP_EXPIRE, OP_EVENTS = 0, 1, 2, 4
-# Latencies observed when a stage is first reached: queued→sent, sent→delivered, delivered→opened/clicked.
+# Stage-to-stage latencies: queued→sent, sent→delivered, delivered→opened/clicked. A pair is
+# observed once per message, at the event after which the message has both stages and a known
+# channel: whatever order its events arrive in and however they are batched, the same pairs are
+# observed under the same channel (a message whose channel never shows is not observed).
 LATENCY_PAIRS = ((0, 1), (1, 2), (2, 3), (2, 4))
+UNKNOWN_CHANNEL = "unknown"  # streams.kinds.CHANNELS: until an outbound event is seen
 Published = Mapping[int, Mapping[str, Any]]  # alerted bit -> alert record found on the topic
 
 
@@ -166,10 +170,14 @@ def _event(fx: Effects, parts: tuple[str, str, str], code: int, ts_us: int, now_
         fx.late += 1
     if res.new_conflict:
         fx.conflicts += 1
-    reached = new.reached
-    for a, b in LATENCY_PAIRS:
-        if b in res.new_stages and a in reached and reached[b] >= reached[a]:
-            fx.latencies.append((new.channel, STAGES[a], STAGES[b], (reached[b] - reached[a]) / US_PER_S))
+    if new.channel != UNKNOWN_CHANNEL:
+        reached = new.reached
+        old = res.old
+        before = old.reached if old is not None and old.channel != UNKNOWN_CHANNEL else None
+        for a, b in LATENCY_PAIRS:
+            if a in reached and b in reached and reached[b] >= reached[a] and not (
+                    before is not None and a in before and b in before and before[b] >= before[a]):
+                fx.latencies.append((new.channel, STAGES[a], STAGES[b], (reached[b] - reached[a]) / US_PER_S))
     if state is None and published and not fx.published_used:
         _merge_published(fx, st, published)
     _resolve(fx, tenant, mid, st, new, now_us)

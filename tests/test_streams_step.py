@@ -701,6 +701,16 @@ def test_facts(name, steps, expected):
     # a stage reached again (duplicate or later evidence) is not observed twice
     (AS_KEY, [([E(("outbound-sms", T0), ("message-sent", T0 + S))], N), ([E(("message-sent", T0 + 9 * S))], N)],
      [("sms", "queued", "sent", 1.0)]),
+    # the channel shows only later (delivery evidence first, in its own step): observed then,
+    # under the message's channel, as when the events arrive in order
+    (AS_KEY, [([E(("message-delivered", T0 + 3 * S))], N), ([E(("outbound-sms", T0))], N)],
+     [("sms", "queued", "sent", 3.0), ("sms", "sent", "delivered", 0.0)]),
+    (AS_KEY, [([E(("outbound-sms", T0), ("message-delivered", T0 + 3 * S))], N)],
+     [("sms", "queued", "sent", 3.0), ("sms", "sent", "delivered", 0.0)]),
+    (AS_KEY, [([E(("message-delivered", T0 + 3 * S), ("outbound-sms", T0))], N)],
+     [("sms", "queued", "sent", 3.0), ("sms", "sent", "delivered", 0.0)]),
+    # a channel that never shows: nothing observed under "unknown"
+    (AS_KEY, [([E(("message-sent", T0 + S))], N), ([E(("message-delivered", T0 + 3 * S))], N)], []),
 ])
 def test_latencies(key, steps, expected):
     assert _facts(steps, key)["latencies"] == expected
