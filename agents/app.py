@@ -48,10 +48,9 @@ class Topics:
         return (self.activity_sync, self.altcraft)
 
 
-def build_app(s: Settings) -> tuple[WorkerApp, Topics, Any]:
-    """``(app, topics, messages table)`` for ``s``; the consumer commits from a commit point."""
-    app = WorkerApp(
-        s.app_id,
+def faust_settings(s: Settings) -> dict[str, Any]:
+    """The faust app settings of a worker (also those of the bench's faust floor app)."""
+    return dict(
         broker=s.broker_urls,
         broker_credentials=s.faust_broker_credentials(),
         # faust-streaming's `rocksdb://` store runs on rocksdict when it is installed.
@@ -65,10 +64,7 @@ def build_app(s: Settings) -> tuple[WorkerApp, Topics, Any]:
         web_bind=s.web_host,
         web_port=s.web_port,
         canonical_url=f"http://{s.web_host}:{s.web_port}",
-        web_router_enabled=s.web_enable_faust_views,
-        web_tables_enabled=s.web_enable_faust_views,
-        web_stats_enabled=s.web_enable_faust_views,
-        web_graph_enabled=s.web_enable_faust_views,
+        **{f"web_{view}_enabled": s.web_enable_faust_views for view in ("router", "tables", "stats", "graph")},
         broker_max_poll_records=2000,
         producer_linger=s.producer_linger_s,
         producer_max_batch_size=s.producer_max_batch_bytes,
@@ -76,6 +72,14 @@ def build_app(s: Settings) -> tuple[WorkerApp, Topics, Any]:
         broker_heartbeat_interval=s.broker_heartbeat_interval_s,
         stream_buffer_maxsize=8192,
         consumer_auto_offset_reset="earliest",
+    )
+
+
+def build_app(s: Settings) -> tuple[WorkerApp, Topics, Any]:
+    """``(app, topics, messages table)`` for ``s``; the consumer commits from a commit point."""
+    app = WorkerApp(
+        s.app_id,
+        **faust_settings(s),
         web_application_options={"middlewares": [json_errors_middleware()]},
         logging_config=logging_config(s.log_format),
     )

@@ -31,35 +31,12 @@ if str(ROOT) not in sys.path:
 def build(args: argparse.Namespace):
     import faust
 
+    from agents.app import faust_settings
     from agents.settings import Settings
 
     s = Settings.isolated(app_id=args.app_id, broker_url=f"kafka://{args.bootstrap}", store="memory://",
                           data_dir=args.data_dir, topic_partitions=args.partitions, web_port=args.web_port)
-    app = faust.App(  # the settings of agents.app.build_app (web middlewares and log format aside)
-        s.app_id,
-        broker=s.broker_urls,
-        store=s.store,
-        datadir=s.data_dir,
-        topic_partitions=s.topic_partitions,
-        topic_replication_factor=s.topic_replication_factor,
-        processing_guarantee=s.processing_guarantee,
-        table_standby_replicas=0,
-        web_host=s.web_host,
-        web_bind=s.web_host,
-        web_port=s.web_port,
-        canonical_url=f"http://{s.web_host}:{s.web_port}",
-        web_router_enabled=s.web_enable_faust_views,
-        web_tables_enabled=s.web_enable_faust_views,
-        web_stats_enabled=s.web_enable_faust_views,
-        web_graph_enabled=s.web_enable_faust_views,
-        broker_max_poll_records=2000,
-        producer_linger=s.producer_linger_s,
-        producer_max_batch_size=s.producer_max_batch_bytes,
-        broker_session_timeout=s.broker_session_timeout_s,
-        broker_heartbeat_interval=s.broker_heartbeat_interval_s,
-        stream_buffer_maxsize=8192,
-        consumer_auto_offset_reset="earliest",
-    )
+    app = faust.App(s.app_id, **faust_settings(s))  # a worker's (web middlewares and log format aside)
     if args.consumer == "funnelwatch":
         from agents.faust_compat import install_commit_transport
 
