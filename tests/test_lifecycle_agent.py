@@ -1,7 +1,7 @@
 """The lifecycle agent's batch (agents/lifecycle.py) on a fake table, no broker: every table
-read and write of a message happens with faust's "current event" set to that message's own
-record, since faust's rocksdb store reads only that record's partition (a read in another
-partition's db finds nothing, and the write would overwrite the stored events)."""
+read and write of a message happens in the partition of that message's own record, since
+faust's rocksdb store keeps a db per partition (a read in another partition's db finds
+nothing, and the write would overwrite the stored events)."""
 from __future__ import annotations
 
 import asyncio
@@ -9,11 +9,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
-from faust.streams import current_event
 from prometheus_client import CollectorRegistry
 
 from agents.alerts import AlertBook, AlertSender
-from agents.faust_compat import use_partition_of
 from agents.app import OP_BUNDLE, Partitioner
 from agents.derived import DerivedState
 from agents.funnel import FunnelCollector, FunnelShares
@@ -30,33 +28,13 @@ N_PARTS = 4
 
 
 class PartitionedTable:
-    """A table like faust's rocksdb store: one dict per partition, reads and writes in the
-    partition of the current event."""
+    """A table like faust's rocksdb store: one dict per partition; reads and writes in the
+    partition of a record (faust_compat.BatchedChangelogTable's ``get_for``/``put_for``)."""
 
     def __init__(self) -> None:
         self.parts: dict[int, dict[bytes, bytes]] = {p: {} for p in range(N_PARTS)}
         self.seen: list[tuple[str, bytes, int]] = []
 
-    def _part(self, op: str, key: bytes) -> int:
-        event = current_event()
-        assert event is not None or op == "get", f"{op} of {key!r} without a current event"
-        p = event.message.partition if event is not None else -1
-        self.seen.append((op, key, p))
-        return p
-
-    def get(self, key: bytes) -> bytes | None:
-        p = self._part("get", key)
-        if p < 0:  # no current event: faust's store looks in every partition
-            return next((d[key] for d in self.parts.values() if key in d), None)
-        return self.parts[p].get(key)
-
-    def __setitem__(self, key: bytes, value: bytes) -> None:
-        self.parts[self._part("set", key)][key] = value
-
-    def pop(self, key: bytes, default: Any = None) -> Any:
-        return self.parts[self._part("pop", key)].pop(key, default)
-
-    # faust_compat.BatchedChangelogTable's reads and writes in the partition of a record
     def get_for(self, record: Any, key: bytes) -> bytes | None:
         p = record.message.partition
         self.seen.append(("get", key, p))
@@ -114,7 +92,6 @@ def test_each_message_is_read_and_written_in_its_own_partition() -> None:
     b2 = [bundle_event(p, 20 + p, [[k, sent, T0 + 1] for k in ks]) for p, ks in sorted(by_part.items(), reverse=True)]
     for batch in (b1, b2):
         async def run(batch: list = batch) -> None:
-            use_partition_of(batch[-1])  # where faust's take_events leaves the current event
             await lc.process(batch)
         asyncio.run(run())
     for op, key, p in table.seen:
@@ -154,7 +131,6 @@ def test_campaign_bundles_carry_campaigns_and_names_into_their_partitions() -> N
 
     def run(batch: list) -> None:
         async def go() -> None:
-            use_partition_of(batch[-1])
             await lc.process(batch)
         asyncio.run(go())
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import weakref
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Awaitable, Callable, Iterable, Iterator
 
@@ -27,7 +26,6 @@ from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web import AppRunner
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
-from faust.streams import _current_event
 from faust.web.drivers import aiohttp as faust_aiohttp
 
 from ..http import MAX_HEADERS, MAX_LINE_BYTES, error_response
@@ -39,10 +37,10 @@ from .delivery import DirectDelivery, FetchedRun, Record, RecordBatches
 __all__ = [  # what the rest of agents/ (and the contract test) use
     "REQUIRED", "REQUIRED_INSTANCE", "TESTED_AIOKAFKA", "TESTED_FAUST", "BatchedChangelogTable", "CommitPointConsumer",
     "CommitPointTransport", "CommitSource", "DirectDelivery", "FetchTunedConsumerThread", "FetchedRun", "HardenedWeb",
-    "Record", "RecordBatches", "WorkerApp", "agent_actors", "batched_table", "check_versions", "clear_current_event",
+    "Record", "RecordBatches", "WorkerApp", "agent_actors", "batched_table", "check_versions",
     "committed_offset", "consumer_thread", "deliver_in_batches", "fetch_all_metadata", "fetcher", "group_start_offset",
     "install_commit_transport", "missing", "partition_items", "partition_slice", "supervised_actors",
-    "use_partition_of", "versions",
+    "versions",
 ]
 
 log = logging.getLogger("funnelwatch")
@@ -222,17 +220,6 @@ def batched_table(app: faust.App, name: str, **kwargs: Any) -> BatchedChangelogT
     table = BatchedChangelogTable(app, name=name, beacon=app.tables.beacon, **kwargs)
     app.tables.add(table)
     return table
-
-
-def use_partition_of(event: Any) -> None:
-    """Make ``event`` faust's "current event": table reads and writes then go to the partition
-    of ``event``'s record (faust takes it from there: the rocksdb store reads only that
-    partition's db, a write goes to that partition of the changelog)."""
-    _current_event.set(weakref.ref(event))
-
-
-def clear_current_event() -> None:
-    _current_event.set(None)
 
 
 # ------------------------------------------------------------------- aiokafka

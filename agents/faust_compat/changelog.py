@@ -4,8 +4,8 @@
 faust's ``table[key] = value`` sends every write on its own: a ``FutureMessage`` through the
 producer buffer and aiokafka's ``send``, and, when Kafka acks it, a write of the persisted
 offset to the store (for rocksdb: a ``put`` per table write). :class:`BatchedChangelogTable`
-keeps faust's store write as it is and queues the changelog record instead;
-:meth:`BatchedChangelogTable.send_changelog_batch` sends what a batch wrote as one aiokafka
+writes a batch's states to the partition's store itself (``put_for``) and queues their
+changelog records; :meth:`BatchedChangelogTable.send_changelog_batch` sends what a batch wrote as one aiokafka
 record batch per partition (``create_batch``/``send_batch``) and writes each partition's
 persisted offset once, when Kafka acks its batch.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import weakref
 from contextlib import contextmanager
+from functools import cached_property
 from typing import Any, Iterator
 
 import faust
@@ -37,18 +38,20 @@ class BatchedChangelogTable(faust.Table):
         return (not self.app.in_transaction and self.key_serializer == "raw" and self.value_serializer == "raw"
                 and not self.use_partitioner)
 
-    def on_key_set(self, key: Any, value: Any) -> None:
-        if not self._batched():
-            return super().on_key_set(key, value)
-        self._queue(self.partition_for_key(key), key, value)
+    @cached_property
+    def _batched_writes(self) -> bool:
+        """:meth:`put_for` queues changelog records (decided once: the processing guarantee and
+        the serializers do not change); otherwise it takes faust's per-write path."""
+        return self._batched()
 
-    def on_key_del(self, key: Any) -> None:
-        if not self._batched():
-            return super().on_key_del(key)
-        self._queue(self.partition_for_key(key), key, None)
+    @cached_property
+    def _store_kind(self) -> str:
+        """``rocksdb`` (a db per partition), ``dict`` (the memory store's dict) or ``other``."""
+        if hasattr(self.data, "_db_for_partition"):
+            return "rocksdb"
+        return "dict" if type(getattr(self.data, "data", None)) is dict else "other"
 
-    def _queue(self, partition: int | None, key: bytes, value: bytes | None) -> None:
-        assert partition is not None  # partition_for_key: the current event's (use_partitioner is off)
+    def _queue(self, partition: int, key: bytes, value: bytes | None) -> None:
         pending = self._changelog_pending
         if pending is None:
             pending = self._changelog_pending = {}
@@ -64,13 +67,11 @@ class BatchedChangelogTable(faust.Table):
         """The stored value of ``key`` in the partition of ``record`` (a record of the topic
         the table is co-partitioned with): what ``table.get(key)`` reads with ``record`` as
         faust's current event, without faust's per-read path for rocksdb and memory stores."""
-        partition = record.message.partition
-        db = self._partition_db(partition)
-        if db is not None:
-            return db.get(key)
-        data = self._dict_store()
-        if data is not None:
-            return data.get(key)
+        kind = self._store_kind
+        if kind == "rocksdb":
+            return self.data._db_for_partition(record.message.partition).get(key)
+        if kind == "dict":
+            return self.data.data.get(key)
         with _current(record):
             return self.get(key)
 
@@ -78,36 +79,24 @@ class BatchedChangelogTable(faust.Table):
         """``table[key] = value`` (None: ``table.pop(key)``) with ``record`` as faust's current
         event: stored in the partition of ``record``, its changelog record queued for
         :meth:`send_changelog_batch`; without faust's per-write path for rocksdb and memory stores."""
-        partition = record.message.partition
-        db = self._partition_db(partition) if self._batched() else None
-        data = self._dict_store() if db is None and self._batched() else None
-        if db is None and data is None:
+        if not self._batched_writes:
             with _current(record):
-                if value is None:
-                    self.pop(key, None)
-                else:
-                    self[key] = value
+                _set(self, key, value)
             return
-        if db is not None:
+        partition = record.message.partition
+        kind = self._store_kind
+        if kind == "rocksdb":
+            db = self.data._db_for_partition(partition)
             if value is None:
                 db.delete(key)
             else:
                 db.put(key, value)
-        elif value is None:
-            data.pop(key, None)
+        elif kind == "dict":
+            _set(self.data.data, key, value)
         else:
-            data[key] = value
+            with _current(record):
+                _set(self.data, key, value)
         self._queue(partition, key, value)
-
-    def _partition_db(self, partition: int) -> Any:
-        """The rocksdb store's db of ``partition`` (opened if need be); None for other stores."""
-        open_db = getattr(self.data, "_db_for_partition", None)
-        return open_db(partition) if open_db is not None else None
-
-    def _dict_store(self) -> dict | None:
-        """The memory store's dict (None for other stores)."""
-        data = getattr(self.data, "data", None)
-        return data if type(data) is dict else None
 
     @property
     def changelog_pending(self) -> int:
@@ -155,6 +144,14 @@ class BatchedChangelogTable(faust.Table):
         if last > seen.get(partition, -1):
             seen[partition] = last
             self.data.set_persisted_offset(meta.topic_partition, last)
+
+
+def _set(mapping: Any, key: bytes, value: bytes | None) -> None:
+    """``mapping[key] = value``; None: the key is removed."""
+    if value is None:
+        mapping.pop(key, None)
+    else:
+        mapping[key] = value
 
 
 @contextmanager
