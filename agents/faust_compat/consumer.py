@@ -27,13 +27,11 @@ class FetchTunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     up (the events topic, waiting for what ingest writes next), the request waits up to that
     long on the broker while the input partitions, drained meanwhile, cannot be fetched — and
     ingest waits for them. Kafka's own clients default to 500 ms; the worker uses
-    ``FUNNELWATCH_FETCH_MAX_WAIT_MS`` (100)."""
-
-    fetch_max_wait_ms: int = 100
+    ``FUNNELWATCH_FETCH_MAX_WAIT_MS`` (100), carried by the transport."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms  # read when the consumer starts its fetcher
+        consumer._fetch_max_wait_ms = transport.fetch_max_wait_ms  # read when the consumer starts its fetcher
         return consumer
 
 
@@ -46,17 +44,16 @@ class CommitPointConsumer(DirectDelivery, faust_aiokafka.Consumer):
     and a partition whose commit point moved is committed even without new acks. Other
     topics (and every topic while no commit point is attached) keep faust's offsets.
 
-    It also hands records to the streams without faust's per-record ``wait_first``
-    (:meth:`_drain_messages`, :meth:`_deliver`), for every topic.
+    It also hands each fetch's records to the agents' batches (topics given to
+    :func:`deliver_in_batches`) and other records to faust's streams without faust's per-record
+    ``wait_first`` (:class:`~.delivery.DirectDelivery`), and fetches through a
+    :class:`FetchTunedConsumerThread`.
     """
 
     commit_point: CommitSource | None = None
-    fetch_max_wait_ms: int = FetchTunedConsumerThread.fetch_max_wait_ms
 
     def _new_consumer_thread(self) -> Any:
-        thread = FetchTunedConsumerThread(self, loop=self.loop, beacon=self.beacon)
-        thread.fetch_max_wait_ms = self.fetch_max_wait_ms
-        return thread
+        return FetchTunedConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def _new_offset(self, tp: Any) -> int | None:
         offset = super()._new_offset(tp)
@@ -97,16 +94,15 @@ def deliver_in_batches(app: faust.App, topic: Any, max_records: int) -> RecordBa
 
 class CommitPointTransport(faust_aiokafka.Transport):
     Consumer = CommitPointConsumer
+    fetch_max_wait_ms: int = 100  # FetchTunedConsumerThread's (install_commit_transport sets the worker's)
 
 
-def install_commit_transport(app: faust.App, *, fetch_max_wait_ms: int = FetchTunedConsumerThread.fetch_max_wait_ms
+def install_commit_transport(app: faust.App, *, fetch_max_wait_ms: int = CommitPointTransport.fetch_max_wait_ms
                              ) -> None:
     """Give ``app`` the transport whose consumer is a :class:`CommitPointConsumer` (before the
     consumer is first built), fetching with ``fetch_max_wait_ms``."""
     transport = CommitPointTransport(app.conf.broker_consumer, app)
-    if fetch_max_wait_ms != CommitPointConsumer.fetch_max_wait_ms:
-        transport.Consumer = type("CommitPointConsumer", (CommitPointConsumer,),
-                                  {"fetch_max_wait_ms": fetch_max_wait_ms})
+    transport.fetch_max_wait_ms = fetch_max_wait_ms
     app.transport = transport
 
 

@@ -256,8 +256,10 @@ class DirectDelivery:
                 if not self.should_stop:
                     fetched: dict[RecordBatches, tuple[int, list[Record]]] = {}
                     async for tp, message in ait:
-                        if type(message) is FetchedRun:  # a sink topic's partition, whole
-                            num_since_yield += await self._take_run(tp, message.records, sinks[tp.topic], fetched)
+                        sink = sinks.get(tp.topic)
+                        if sink is not None:  # a run of a sink topic's partition (or one record of it)
+                            records = message.records if type(message) is FetchedRun else [message]
+                            num_since_yield += await self._take_run(tp, records, sink, fetched)
                             if num_since_yield > yield_every:
                                 await sleep(0)
                                 num_since_yield = 0
@@ -280,16 +282,7 @@ class DirectDelivery:
                                 if self._n_acked >= commit_every:
                                     self._n_acked = 0
                                     await self.commit()
-                            sink = sinks.get(tp.topic)
-                            if sink is None:
-                                await deliver(callback, message)
-                            else:
-                                got = fetched.get(sink)
-                                rec = Record(tp, offset, message.key, message.value)
-                                if got is None:
-                                    fetched[sink] = (sink.epoch, [rec])
-                                else:
-                                    got[1].append(rec)
+                            await deliver(callback, message)
                             set_read_offset(tp, offset)
                         else:
                             self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r",
