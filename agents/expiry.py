@@ -27,6 +27,7 @@ class ExpirySweep:
         self.scan = scan
         self.retention_us = retention_us
         self.sweep_s = min(sweep_s, max(retention_us / 2e6, tick_s))  # at most half the retention
+        self.sweep_us = self.sweep_s * 1e6
         self.tick_s = tick_s
         self.cursors: dict[int, bytes | None] = {}
         self.started_us: dict[int, int] = {}  # partition -> when its current sweep started
@@ -43,11 +44,10 @@ class ExpirySweep:
         out: list[bytes] = []
         limit_of = self.tick_s / self.sweep_s
         horizon = now_us - self.retention_us
-        period_us = self.sweep_s * 1e6
         for p, n in sizes.items():
             if self.cursors.get(p) is None:  # a sweep of p (re)starts
                 started = self.started_us.get(p)
-                if started is not None and now_us - started < period_us:
+                if started is not None and now_us - started < self.sweep_us:
                     continue  # the last one ended early: not before a period has passed
                 self.started_us[p] = now_us
             limit = max(MIN_SLICE, math.ceil(n * limit_of))

@@ -170,18 +170,20 @@ def _event(fx: Effects, parts: tuple[str, str, str], code: int, ts_us: int, now_
         fx.late += 1
     if res.new_conflict:
         fx.conflicts += 1
-    if new.channel != UNKNOWN_CHANNEL:
-        reached = new.reached
-        old = res.old
-        before = old.reached if old is not None and old.channel != UNKNOWN_CHANNEL else None
-        for a, b in LATENCY_PAIRS:
-            if a in reached and b in reached and reached[b] >= reached[a] and not (
-                    before is not None and a in before and b in before and before[b] >= before[a]):
-                fx.latencies.append((new.channel, STAGES[a], STAGES[b], (reached[b] - reached[a]) / US_PER_S))
+    old, reached = res.old, new.reached
+    for a, b in LATENCY_PAIRS:
+        if _latency_known(new, a, b) and not (old is not None and _latency_known(old, a, b)):
+            fx.latencies.append((new.channel, STAGES[a], STAGES[b], (reached[b] - reached[a]) / US_PER_S))
     if state is None and published and not fx.published_used:
         _merge_published(fx, st, published)
     _resolve(fx, tenant, mid, st, new, now_us)
     _schedule(fx, tenant, st, new, cfg)
+
+
+def _latency_known(s: Summary, a: int, b: int) -> bool:
+    """The message has stages ``a`` and ``b`` (``a`` first) and a known channel."""
+    reached = s.reached
+    return s.channel != UNKNOWN_CHANNEL and a in reached and b in reached and reached[b] >= reached[a]
 
 
 def _resolve(fx: Effects, tenant: str, mid: str, st: MessageState, s: Summary, now_us: int) -> None:
