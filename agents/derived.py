@@ -7,6 +7,12 @@ rebalance or restart, built from the table for the partitions newly owned only
 left as it is (nothing is processed between the revoke and the end of the rebalance, and
 every step's table write lands before its batch ends, so it still equals its table
 partition). So it always equals what the owned messages add up to.
+
+A part counts as kept only if its partition was this worker's in *every* generation of the
+group since the last rebuild (:meth:`DerivedState.note_assignment`): a rebalance can be
+superseded before it completes (no rebuild), and a worker can miss a generation (it rejoined
+late); in either case another worker may have owned the partition meanwhile and written its
+table through the changelog, which recovery brings into the store but not into the part.
 """
 from __future__ import annotations
 
@@ -41,6 +47,8 @@ class DerivedState:
         self.collector = collector  # the funnel counters of /metrics, from ``share``
         self.deadlines = PartitionedDeadlines(partition_of)
         self.owned: set[int] = set()  # partitions whose part is built
+        self._continuous: set[int] = set()  # owned in every generation since the last rebuild
+        self._generation: int | None = None  # the group generation of the last assignment
         self._inflight: dict[int, int] = {}
         self._inflight_total = 0  # Σ _inflight, kept as it changes (read per step)
         self._names: dict[int, CampaignNames] = {}
@@ -92,17 +100,33 @@ class DerivedState:
         return out
 
     # ------------------------------------------------------------------ rebalance
+    def note_assignment(self, generation: int, partitions: set[int]) -> None:
+        """The partitions assigned in a generation of the group (every assignment, also one
+        superseded before its rebalance completes; noting one twice changes nothing). A
+        generation skipped (this worker was not in it) leaves no partition continuous."""
+        if self._generation is not None and generation not in (self._generation, self._generation + 1):
+            self._continuous = set()
+        else:
+            self._continuous &= partitions
+        self._generation = generation
+
+    def kept(self, active: set[int]) -> set[int]:
+        """The partitions of ``active`` whose parts a rebuild keeps as they are: built, and
+        this worker's in every generation since (the others' parts are built from the table)."""
+        return active & self.owned & self._continuous
+
     def rebuild(self, active: set[int], messages_of: ItemsOf, names_of: ItemsOf, book: AlertBook) -> tuple[int, int]:
         """Own exactly ``active``: drop the parts of partitions no longer owned, build the parts
-        of newly owned ones from their stored messages and names; kept parts stay as they are.
+        of newly owned ones from their stored messages and names; kept parts (owned throughout,
+        see :meth:`note_assignment`) stay as they are, others owned before are built again.
         The book's open rows follow. Returns (messages scanned, partitions kept)."""
-        for p in self.owned - active:
+        kept_parts = self.kept(active)
+        for p in self.owned - kept_parts:  # no longer owned, or not owned throughout: built again
             self.share.drop(p)
             self.deadlines.drop(p)
             self._inflight.pop(p, None)
             self._names.pop(p, None)
-        new = active - self.owned
-        kept_parts = active & self.owned
+        new = active - kept_parts
         kept = len(kept_parts)
         partition_of = self.partition_of
         book.keep_open(lambda key: partition_of(key.decode()) in kept_parts)  # new partitions' rows: from the scan
@@ -134,6 +158,7 @@ class DerivedState:
                 ts, name = unpack_name(raw)
                 self._names[p].note(tenant, campaign, ts, name)
         self.owned = set(active)
+        self._continuous = set(active)
         self._inflight_total = sum(self._inflight.values())
         self.metrics.inflight_set(self._inflight_total)
         return n, kept

@@ -87,7 +87,7 @@ class Pipeline:
         self.timers = Timers(self.app, t, self.commit, self.derived, self.book, self.windows, self.partition_of,
                              alert_max_lag=s.alert_max_lag, clock=now_us, expiry=self.expiry)
         self.registry.register(WorkerCollector(self.commit.lags, lambda: self.ready))
-        self._owned: set[int] = set()
+        self._assigned = False  # partitions assigned since the last revoke (faust's signals)
         self._sweep_keys: dict[int, list[bytes]] = {}  # events/table partitions owned since the last rebalance
         self._wire()
 
@@ -103,6 +103,7 @@ class Pipeline:
         app.timer(s.alert_tick_s, name="deadlines")(self.timers.tick)
         app.timer(s.publish_interval_s, name="publish-windows")(self.timers.publish_windows)
         app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_partitions_assigned.connect(self._on_assigned)
         app.on_rebalance_complete.connect(self._on_rebalance_complete)
         self.health = web.register(web.WebDeps(
             settings=s, app=app, registry=self.registry, peers=self.peers, windows=self.windows, slas=self.slas,
@@ -127,6 +128,15 @@ class Pipeline:
     async def _on_revoked(self, *args: Any, **kwargs: Any) -> None:
         # Sent after faust's last commit of the revoked partitions (from the commit point).
         self.commit.reset()
+        self._assigned = False
+
+    async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
+        """Every generation's assignment, also one superseded before its rebalance completes:
+        which derived parts stay valid (:meth:`DerivedState.note_assignment`)."""
+        self._assigned = True
+        topic = self.topics.events.get_topic_name()
+        self.derived.note_assignment(self.app.consumer_generation_id,
+                                     {tp.partition for tp in assigned if tp.topic == topic})
 
     async def _on_rebalance_complete(self, *args: Any, **kwargs: Any) -> None:
         """Awaited by faust before the streams resume: nothing is processed while this runs.
@@ -135,16 +145,23 @@ class Pipeline:
         2. re-read the alerts topic for partitions newly owned (marks lost in a crash);
         3. rebuild the derived state from the owned table partitions;
         4. accept records again.
+
+        Not when the rebalance it completes was superseded (faust sends it also for a recovery
+        a newer rebalance cut short): partitions are being revoked or a newer recovery is yet to
+        restore the tables; that rebalance's own completion does the work.
         """
+        if not self._assigned or faust_compat.recovery_superseded(self.app):
+            log.info("funnelwatch: a superseded rebalance completed: waiting for the current one")
+            return
         active = self._active_partitions()
+        self.derived.note_assignment(self.app.consumer_generation_id, active)  # in case the signal comes later
         owned = self._owner_of(active)
         self.book.keep_published(lambda k: owned(k.decode()))
-        new = active - self._owned
+        new = active - self.derived.kept(active)  # owned throughout: their marks are all here
         if new:
             await reconcile(self.settings, self.book, alerts_topic=self.topics.alerts.get_topic_name(),
                             changelog_topic=self.messages.changelog_topic.get_topic_name(), partitions=new,
                             partition_of=self.partition_of, load=self.lifecycle.load, now_us=now_us())
-        self._owned = active
         self.rebuild()
         self.commit.accepting = True
 

@@ -96,3 +96,30 @@ def test_shares_answer_as_one_with_retention_per_row_over_all_partitions():
     assert shares.totals_by_label() == one.totals_by_label()
     shares.drop(1)
     assert shares.windows()[(T0, "t", "sms")][0] == 1
+
+
+def test_a_part_is_kept_only_if_owned_in_every_generation_since_the_last_rebuild():
+    """A rebalance superseded before it completes (no rebuild) or a generation this worker was
+    not in: another worker may have owned the partition and written its table meanwhile, so its
+    part is built again from the table, not kept."""
+    parts = stored(400)
+    names: dict[int, dict[bytes, bytes]] = {p: {} for p in range(N_PARTS)}
+    sizes = {p: len(d) for p, d in parts.items()}
+    fresh, fresh_book = derived_state()
+    fresh.rebuild({2, 3}, Scans(parts), Scans(names), fresh_book)
+    cases = [  # (assignments noted after a rebuild of {2, 3}, partitions scanned at the next rebuild of {2, 3})
+        ([(6, {2, 3})], set()),  # the next generation, same partitions: kept
+        ([(6, {3}), (7, {2, 3})], {2}),  # 2 owned elsewhere in a generation that never completed here
+        ([(7, {2, 3})], {2, 3}),  # generation 6 went by without this worker
+        ([(5, {2, 3}), (6, {2, 3})], set()),  # generation 5 noted twice (signal and rebuild)
+    ]
+    for noted, scanned in cases:
+        d, book = derived_state()
+        d.note_assignment(5, {2, 3})
+        d.rebuild({2, 3}, Scans(parts), Scans(names), book)
+        for generation, assigned in noted:
+            d.note_assignment(generation, assigned)
+        msgs = Scans(parts)
+        assert d.rebuild({2, 3}, msgs, Scans(names), book) == (sum(sizes[p] for p in scanned), 2 - len(scanned)), noted
+        assert msgs.asked == [scanned], noted
+        assert d.inflight == sizes[2] + sizes[3] and d.share.windows() == fresh.share.windows(), noted

@@ -28,16 +28,6 @@ def test_missing_names_nothing() -> None:
     assert faust_compat.missing() == []
 
 
-@pytest.fixture()
-def pipeline(monkeypatch: pytest.MonkeyPatch):
-    for k in [k for k in os.environ if k.startswith("FUNNELWATCH_")]:
-        monkeypatch.delenv(k)
-    from agents.pipeline import Pipeline
-    from agents.settings import Settings
-
-    return Pipeline(Settings())
-
-
 def _instance(pipeline, what: str):
     if what == "consumer":
         return pipeline.app.consumer
@@ -681,3 +671,15 @@ def test_a_fetch_goes_to_the_sinks_a_partition_at_a_time_and_other_records_to_fa
     assert delivered == [(other, 7)]
     assert gaps == [(b, 7, 9)]
     assert read == {a: 3, b: 9, other: 7}
+
+
+def test_a_recovery_waiting_to_start_marks_a_rebalance_completion_superseded(pipeline) -> None:
+    """faust sends ``on_rebalance_complete`` when a recovery ends, before it checks whether a newer
+    rebalance cut it short; a newer recovery then waits to start (its start signal is set)."""
+    app = pipeline.app
+    assert not faust_compat.recovery_superseded(app)
+    app.tables.recovery.signal_recovery_start.set()
+    assert faust_compat.recovery_superseded(app)
+    app.tables.recovery.signal_recovery_start.clear()
+    assert not faust_compat.recovery_superseded(app)
+

@@ -39,7 +39,7 @@ __all__ = [  # what the rest of agents/ (and the contract test) use
     "CommitPointTransport", "CommitSource", "DirectDelivery", "FetchTunedConsumerThread", "FetchedRun", "HardenedWeb",
     "Record", "RecordBatches", "WorkerApp", "agent_actors", "batched_table", "check_versions",
     "committed_offset", "consumer_thread", "deliver_in_batches", "fetch_all_metadata", "fetcher", "group_start_offset",
-    "install_commit_transport", "missing", "partition_items", "partition_slice", "supervised_actors",
+    "install_commit_transport", "missing", "partition_items", "partition_slice", "recovery_superseded", "supervised_actors",
     "versions",
 ]
 
@@ -64,6 +64,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "aiohttp.web_protocol:RequestHandler": ("handle_error",),
     "faust.streams": ("_current_event",),
     "faust.stores.rocksdb:Store": ("_visible_items", "offset_key"),
+    "faust.tables.recovery:Recovery": ("signal_recovery_start",),
 }
 #: instance attributes (set in ``__init__``) checked on a constructed object by the contract test.
 REQUIRED_INSTANCE: dict[str, tuple[str, ...]] = {
@@ -238,6 +239,13 @@ def _partition_db(table: Any, partition: int) -> tuple[Any, Any] | None:
     if not isinstance(dbs, dict):
         return None
     return store, dbs.get(partition)
+
+
+def recovery_superseded(app: Any) -> bool:
+    """A newer assignment's table recovery waits to start: faust's ``on_rebalance_complete``
+    being sent now is that of a recovery the new rebalance cut short (faust sends it before it
+    checks the generation), so the tables do not hold the new assignment's state yet."""
+    return app.tables.recovery.signal_recovery_start.is_set()
 
 
 def partition_items(table: Any, partitions: set[int], partition_of: Callable[[str], int]
