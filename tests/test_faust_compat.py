@@ -683,3 +683,90 @@ def test_a_recovery_waiting_to_start_marks_a_rebalance_completion_superseded(pip
     app.tables.recovery.signal_recovery_start.clear()
     assert not faust_compat.recovery_superseded(app)
 
+
+class _AioConsumer:  # aiokafka's consumer, as the rewind sees it in the consumer thread
+    def __init__(self, positions: dict) -> None:
+        self.positions, self.seeks = positions, []
+
+    async def position(self, tp):  # noqa: ANN001
+        from aiokafka.errors import IllegalStateError
+
+        if tp not in self.positions:
+            raise IllegalStateError(f"{tp} is not assigned")
+        return self.positions[tp]
+
+    def seek(self, tp, offset: int) -> None:  # noqa: ANN001
+        self.seeks.append((tp, offset))
+        self.positions[tp] = offset
+
+
+class _Thread:
+    def __init__(self, consumer: _AioConsumer) -> None:
+        self.consumer = consumer
+
+    def _ensure_consumer(self) -> _AioConsumer:
+        return self.consumer
+
+    async def call_thread(self, fun, *args):  # noqa: ANN001
+        return await fun(*args)
+
+
+@pytest.mark.parametrize("case", ["flow stops after the first run", "flow stopped before", "new generation",
+                                  "paused partition"])
+def test_records_fetched_and_not_handed_on_are_fetched_again(case: str) -> None:
+    """faust drops a fetch's records where flow stopped, the generation changed or the partition
+    is paused, after aiokafka moved past them. A changelog has no committed offset to go back to:
+    a drop just after recovery's seek made recovery start past them. Each partition still just
+    past its fetched records is moved back to the first one not handed on; one sought since
+    (recovery, the committed offsets) or no longer assigned is left alone."""
+    import asyncio
+
+    import faust
+    from faust.types import TP
+
+    a, b = TP("in", 0), TP("in", 1)  # a sink topic's partitions
+    c, d, e = TP("changelog", 0), TP("changelog", 1), TP("changelog", 2)
+
+    async def go():
+        app = faust.App("fw-compat-test", broker="kafka://127.0.0.1:9", store="memory://")
+        faust_compat.install_commit_transport(app)
+        consumer = app.consumer
+        faust_compat.deliver_in_batches(app, app.topic("in"), 1000)
+        fetch = {a: [_ConsumerRecord(a, o) for o in (0, 1, 2)], b: [_ConsumerRecord(b, o) for o in (5, 6)],
+                 c: [_ConsumerRecord(c, o) for o in (10, 11, 12)], d: [_ConsumerRecord(d, 3)],
+                 e: [_ConsumerRecord(e, 4)]}
+        # Positions just past the fetch, but d's was sought since and e is no longer assigned.
+        aio = _AioConsumer({a: 3, b: 7, c: 13, d: 9})
+        consumer._thread = _Thread(aio)
+        active = {a, b, d, e} if case == "paused partition" else {a, b, c, d, e}
+
+        async def wait_next_records(timeout: float):  # noqa: ARG001
+            return fetch, active
+
+        async def perform_seek() -> None:  # the sink topic's partitions go back to their committed offsets
+            aio.positions.update({a: 0, b: 0})
+
+        consumer._wait_next_records = wait_next_records  # test doubles on this instance only
+        consumer.perform_seek = perform_seek
+        consumer.highwater = lambda tp: 20
+        consumer.resume_flow()
+        if case == "flow stopped before":
+            consumer.stop_flow()
+        handed = []
+        async for tp, message in consumer.getmany(1.0):
+            handed.append((tp, message.records[-1].offset if type(message) is faust_compat.FetchedRun
+                           else message.offset))
+            if case == "flow stops after the first run":
+                consumer.stop_flow()
+            if case == "new generation" and tp == c:
+                app.consumer_generation_id += 1
+        return handed, aio.seeks
+
+    handed, seeks = asyncio.run(go())
+    expected = {
+        "flow stops after the first run": ([(a, 2)], [(c, 10), (b, 5)]),
+        "flow stopped before": ([], [(c, 10)]),
+        "new generation": ([(a, 2), (b, 6), (c, 10)], [(c, 11)]),
+        "paused partition": ([(a, 2), (b, 6), (d, 3), (e, 4)], [(c, 10)]),
+    }[case]
+    assert (handed, sorted(seeks)) == expected

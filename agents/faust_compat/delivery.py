@@ -10,11 +10,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import types
 from collections import deque
 from typing import Any, AsyncIterator, Awaitable, Callable
 
+from aiokafka.errors import IllegalStateError
 from faust.transport.consumer import CONSUMER_FETCHING
+
+log = logging.getLogger("funnelwatch")
 
 #: sha1 of the source of faust's ``Consumer._drain_messages`` and ``Consumer.getmany`` that
 #: :meth:`DirectDelivery._drain_messages` and :meth:`DirectDelivery.getmany` copy (the
@@ -147,11 +151,23 @@ class DirectDelivery:
         partition of a topic in :attr:`batch_sinks` as one :class:`FetchedRun` (after the same
         flow, generation and active-partition checks, made once per partition: nothing can
         change them while the loop runs, it does not await), and the other records one by one
-        as faust's ``Message``, round-robin, as faust does."""
+        as faust's ``Message``, round-robin, as faust does.
+
+        Records fetched and not handed on are fetched again (:meth:`_rewind`): faust drops them
+        where flow stopped, the generation changed or the partition is paused, after aiokafka
+        moved past them. For the worker's topics the seek to the committed offsets brings them
+        back, but a table changelog has no committed offset: a fetch of changelog records that
+        returned just after recovery's seek, while flow was still stopped, left recovery
+        reading from past them, finishing with the state of whole key ranges missing (or
+        never finishing).
+
+        **Upstream proposal**: the same in faust's ``getmany``."""
         records, active_partitions = await self._wait_next_records(timeout)
         generation_id = self.app.consumer_generation_id
         if records is None or self.should_stop:
             return
+        fetched = records
+        handed: dict[Any, int] = {}  # partition -> offset of the last record handed on
 
         sinks = self.__dict__.get("batch_sinks")
         if sinks and self.flow_active:
@@ -165,7 +181,9 @@ class DirectDelivery:
                     runs.append((tp, FetchedRun(recs)))
             for tp_run in runs:
                 if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                    await self._rewind(fetched, handed)
                     return
+                handed[tp_run[0]] = tp_run[1].records[-1].offset
                 yield tp_run
             records = others
 
@@ -191,6 +209,7 @@ class DirectDelivery:
                     highwater_mark = self.highwater(tp)
                     self.app.monitor.track_tp_end_offset(tp, highwater_mark)
                     # convert timestamp to seconds from int milliseconds.
+                    handed[tp] = record.offset
                     yield tp, to_message(tp, record)
         else:
             self.log.dev(
@@ -200,6 +219,22 @@ class DirectDelivery:
                 await self.perform_seek()
             except Exception as ex:
                 self.log.warning(f"exception performing seek when flow not active {ex}")
+        await self._rewind(fetched, handed)
+
+    async def _rewind(self, fetched: dict[Any, list], handed: dict[Any, int]) -> None:
+        """Move each partition of ``fetched`` back to its first record not handed on, if its
+        position is still just past the fetch (a seek since, by recovery, the committed offsets
+        or the commit point, is left as it is)."""
+        undelivered = {}
+        for tp, recs in fetched.items():
+            last = handed.get(tp)
+            if not recs or last == recs[-1].offset:
+                continue
+            first = recs[0].offset if last is None else next(r.offset for r in recs if r.offset > last)
+            undelivered[tp] = (first, recs[-1].offset + 1)
+        if undelivered:
+            thread = self._thread
+            await thread.call_thread(_rewind_in_thread, thread._ensure_consumer(), undelivered)
 
     async def _drain_messages(self, fetcher: Any) -> None:
         """faust's ``Consumer._drain_messages`` (faust-streaming 0.15.3), handing each fetch's
@@ -365,6 +400,19 @@ class DirectDelivery:
             return True
         await self.wait_first(_finish(coro, waiting_on), self.suspend_flow.wait())
         return True
+
+
+async def _rewind_in_thread(consumer: Any, undelivered: dict[Any, tuple[int, int]]) -> None:
+    """In the consumer's thread: seek each partition back to ``first`` where aiokafka's position
+    is ``end`` (read and moved with no await between: no other seek comes in between)."""
+    for tp, (first, end) in undelivered.items():
+        try:
+            if await consumer.position(tp) == end:
+                consumer.seek(tp, first)
+                log.debug("funnelwatch: %s/%d: %d record(s) fetched and not delivered: fetched again",
+                          tp.topic, tp.partition, end - first)
+        except IllegalStateError:  # no longer assigned: its next owner reads them
+            continue
 
 
 @types.coroutine
