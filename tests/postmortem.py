@@ -24,7 +24,7 @@ from streams.events import CanonicalEvent
 from streams.lifecycle import MessageState
 from streams.normalize import normalize
 
-OP_BUNDLE = 3
+OP_BUNDLE, OP_BUNDLE_CAMPAIGNS = 3, 4  # agents.app: [3, [key, code, ts, ...], ...], [4, names, [key, code, ts, campaign, ...], ...]
 
 
 async def read_all(bootstrap: str, topic: str) -> list:
@@ -66,9 +66,10 @@ async def main(app_id: str, as_topic: str, ac_topic: str, bootstrap: str = "127.
     carried: dict[bytes, list] = collections.defaultdict(list)
     for r in await read_all(bootstrap, f"{app_id}-lifecycle-events"):
         op = orjson.loads(r.value)
-        if op[0] == OP_BUNDLE:
-            for entry in op[1:]:
-                for i in range(1, len(entry), 2):
+        if op[0] in (OP_BUNDLE, OP_BUNDLE_CAMPAIGNS):
+            entries, step = (op[1:], 2) if op[0] == OP_BUNDLE else (op[2:], 3)
+            for entry in entries:
+                for i in range(1, len(entry), step):
                     carried[entry[0].encode()].append(((entry[i + 1], entry[i]), r.partition, r.offset, r.timestamp))
     writes: dict[bytes, list] = collections.defaultdict(list)
     for r in await read_all(bootstrap, f"{app_id}-messages-changelog"):
