@@ -132,7 +132,8 @@ class Pipeline:
 
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
         """Every generation's assignment, also one superseded before its rebalance completes:
-        which derived parts stay valid (:meth:`DerivedState.note_assignment`)."""
+        which derived parts stay valid (:meth:`DerivedState.note_assignment`). faust sends it
+        right after it sets up the table recovery, before that recovery can complete."""
         self._assigned = True
         topic = self.topics.events.get_topic_name()
         self.derived.note_assignment(self.app.consumer_generation_id,
@@ -154,7 +155,6 @@ class Pipeline:
             log.info("funnelwatch: a superseded rebalance completed: waiting for the current one")
             return
         active = self._active_partitions()
-        self.derived.note_assignment(self.app.consumer_generation_id, active)  # in case the signal comes later
         owned = self._owner_of(active)
         self.book.keep_published(lambda k: owned(k.decode()))
         new = active - self.derived.kept(active)  # owned throughout: their marks are all here
