@@ -1,6 +1,7 @@
 """Every use of private faust-streaming, aiokafka and aiohttp API, in one package: this module,
-:mod:`.consumer` (the worker's consumer and transport), :mod:`.delivery` (its fetch runs, drain
-loop and record batches) and :mod:`.changelog` (table writes in batches).
+:mod:`.consumer` (the worker's consumer and transport), :mod:`.delivery` (its fetch runs and
+drain loop), :mod:`.batches` (the records agents get a fetch at a time) and :mod:`.changelog`
+(table writes in batches).
 
 The rest of ``agents/`` uses faust's public API only and reaches anything private through
 the functions and classes here. Each private name this module relies on is listed in
@@ -32,7 +33,8 @@ from ..http import MAX_HEADERS, MAX_LINE_BYTES, error_response
 from .changelog import BatchedChangelogTable
 from .consumer import (CommitPointConsumer, CommitPointTransport, CommitSource, FetchTunedConsumerThread,
                        committed_offset, deliver_in_batches, group_start_offset, install_commit_transport)
-from .delivery import DirectDelivery, FetchedRun, Record, RecordBatches
+from .batches import FetchedRun, Record, RecordBatches
+from .delivery import DirectDelivery
 
 __all__ = [  # what the rest of agents/ (and the contract test) use
     "REQUIRED", "REQUIRED_INSTANCE", "TESTED_AIOKAFKA", "TESTED_FAUST", "BatchedChangelogTable", "CommitPointConsumer",

@@ -8,7 +8,8 @@ import faust
 from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from .delivery import DirectDelivery, RecordBatches
+from .batches import RecordBatches
+from .delivery import DirectDelivery
 
 
 class CommitSource(Protocol):
