@@ -48,8 +48,8 @@ async def read_published(settings: Settings, *, alerts_topic: str, changelog_top
         client_id=f"{settings.app_id}-alert-reconcile", isolation_level="read_committed",
         fetch_max_wait_ms=50,  # reads stop at known end offsets: never wait for new data
         **settings.aiokafka_security_kwargs())
-    await consumer.start()
     try:
+        await consumer.start()  # inside: a start cut short (a rebalance, a stop) is closed too
         return await asyncio.wait_for(
             _read(consumer, alerts_topic, changelog_topic, parts, partition_of, now_us, settings),
             settings.alert_reconcile_timeout_s)
