@@ -770,3 +770,34 @@ def test_records_fetched_and_not_handed_on_are_fetched_again(case: str) -> None:
         "paused partition": ([(a, 2), (b, 6), (d, 3), (e, 4)], [(c, 10)]),
     }[case]
     assert (handed, sorted(seeks)) == expected
+
+
+def test_a_seek_is_made_in_the_consumer_thread() -> None:
+    """faust's aiokafka consumer seeks from the event loop's thread, racing the fetch in the
+    consumer's (aiokafka's ``fetched_records`` failed with a KeyError in a rebalance storm): the
+    worker's consumer makes the seek in the consumer's thread, and re-reads from there as faust does."""
+    import asyncio
+
+    import faust
+    from faust.types import TP
+
+    tp = TP("in", 0)
+
+    class Thread(_Thread):
+        calls = 0
+
+        async def call_thread(self, fun, *args):  # noqa: ANN001
+            Thread.calls += 1
+            return await fun(*args)
+
+    async def go():
+        app = faust.App("fw-compat-test", broker="kafka://127.0.0.1:9", store="memory://")
+        faust_compat.install_commit_transport(app)
+        consumer = app.consumer
+        aio = _AioConsumer({tp: 9})
+        consumer._thread = Thread(aio)
+        await consumer.seek(tp, 4)
+        return aio.seeks, consumer._read_offset[tp]
+
+    seeks, read = asyncio.run(go())
+    assert seeks == [(tp, 4)] and Thread.calls == 1 and read == 4

@@ -57,7 +57,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
                                           "_n_acked", "_wait_next_records", "_to_message", "perform_seek"),
     "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread": ("_ensure_consumer", "call_thread",
                                                                 "_create_worker_consumer"),
-    "faust.transport.drivers.aiokafka:Consumer": ("_new_consumer_thread",),
+    "faust.transport.drivers.aiokafka:Consumer": ("_new_consumer_thread", "_seek"),
     "faust.transport.drivers.aiokafka:Transport": ("Consumer",),
     "faust.transport.drivers.aiokafka:Producer": ("_ensure_producer",),
     "faust.app.base:App": ("_on_agent_error", "transport", "_fetcher", "_new_web"),

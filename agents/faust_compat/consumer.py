@@ -56,6 +56,14 @@ class CommitPointConsumer(DirectDelivery, faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> Any:
         return FetchTunedConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def _seek(self, partition: Any, offset: int) -> None:
+        """faust's, with aiokafka's seek made in the consumer's thread. faust makes it from the
+        event loop's thread, racing the fetch that runs in the consumer's: aiokafka's
+        ``fetched_records`` then failed with a ``KeyError`` and the fetcher crashed (a commit
+        point re-read, ``CommitPoint._reread``, during a rebalance storm)."""
+        thread = self._thread
+        await thread.call_thread(_seek_in_thread, thread._ensure_consumer(), partition, offset)
+
     def _new_offset(self, tp: Any) -> int | None:
         offset = super()._new_offset(tp)
         cp = self.commit_point
@@ -77,6 +85,10 @@ class CommitPointConsumer(DirectDelivery, faust_aiokafka.Consumer):
             if c is None or n > c:
                 tps.append(tp)
         return iter(tps)
+
+
+async def _seek_in_thread(consumer: Any, tp: Any, offset: int) -> None:
+    consumer.seek(tp, offset)
 
 
 def deliver_in_batches(app: faust.App, topic: Any, max_records: int) -> RecordBatches:
